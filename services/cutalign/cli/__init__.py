@@ -1,0 +1,1 @@
+"""The single `cutalign` command line."""

@@ -1,0 +1,53 @@
+"""`cutalign up | down | status`: the embedded local platform (Tansu + SeaweedFS on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cutalign.bus import provision_topics
+from cutalign.config import KafkaSettings, PlatformSettings, S3Settings
+from cutalign.platform import LocalPlatform
+
+console = Console()
+
+
+def _platform() -> LocalPlatform:
+    settings = PlatformSettings()
+    s3 = S3Settings()
+    return LocalPlatform(settings, s3.model_copy(update={"endpoint": f"127.0.0.1:{settings.s3_port}"}))
+
+
+def up() -> None:
+    """Start the broker and the S3 store (data persists under CUTALIGN_PLATFORM_DATA_DIR) and create topics."""
+    platform = _platform()
+    platform.up()
+    provision_topics(KafkaSettings(bootstrap_servers=f"127.0.0.1:{platform.settings.kafka_port}"))
+    status(as_json=False)
+
+
+def down() -> None:
+    """Stop exactly the processes `up` started; data stays for the next `up`."""
+    stopped = _platform().down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+def status(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
+    """Show whether the broker and the store are running and listening."""
+    state = _platform().status()
+    if as_json:
+        console.print_json(json.dumps(state))
+        return
+    table = Table("component", "running", "pid", "port", "listening")
+    for name, info in state.items():
+        table.add_row(name, str(info["running"]), str(info["pid"]), str(info["port"]), str(info["listening"]))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)

@@ -1,0 +1,329 @@
+"""Typed configuration for every component, read from ``CUTALIGN_<SECTION>_<KEY>`` environment variables.
+
+One settings class per component (kafka, s3, policy, judge, trainer, builder, feedback, platform). The same
+keys appear as CLI flags and as Helm values (``kafka.bootstrapServers`` -> ``CUTALIGN_KAFKA_BOOTSTRAP_SERVERS``),
+so a deployment is configured the same way everywhere. Secrets are ``SecretStr``: they come from the environment
+(Kubernetes Secrets on a cluster), and their ``repr``/``str``/logs show ``**********``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _section(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=f"CUTALIGN_{prefix}_", extra="forbid", frozen=True)
+
+
+class KafkaSettings(BaseSettings):
+    """Where the bus is and how topics are named and provisioned."""
+
+    model_config = _section("KAFKA")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    client_id: str = Field("cutalign", description="Client id prefix reported to the broker.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol."
+    )
+    sasl_mechanism: str = Field("SCRAM-SHA-512", description="SASL mechanism when SASL is on.")
+    sasl_username: str | None = Field(None, description="SASL user (from a Secret).")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (from a Secret, never logged).")
+    topic_prompts: str = Field("cutalign.prompts", description="Prompts to generate for.")
+    topic_samples: str = Field("cutalign.samples", description="Generated samples to judge.")
+    topic_judgments: str = Field("cutalign.judgments", description="Judgments: judge service + production.")
+    topic_deadletter: str = Field("cutalign.deadletter", description="Messages that could not be processed.")
+    partitions: int = Field(3, ge=1, description="Partitions of each provisioned topic.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of each provisioned topic.")
+    session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout.")
+    heartbeat_interval_ms: int = Field(2000, ge=100, description="Consumer group heartbeat interval.")
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest message produced/fetched.")
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("kafka.heartbeat_interval_ms must be at most a third of kafka.session_timeout_ms")
+        return self
+
+
+class S3Settings(BaseSettings):
+    """The artifact store (MinIO on a cluster, SeaweedFS locally)."""
+
+    model_config = _section("S3")
+
+    endpoint: str = Field("127.0.0.1:8333", description="host:port of the S3 API.")
+    access_key: SecretStr = Field(SecretStr("cutalign"), description="Access key (from a Secret).")
+    secret_key: SecretStr = Field(SecretStr("cutalign-local-secret"), description="Secret key (from a Secret).")
+    secure: bool = Field(False, description="Use https.")
+    region: str = Field("us-east-1", description="Region reported to the store.")
+    bucket: str = Field("cutalign", description="Bucket holding every artifact (see README layout).")
+    multipart_part_size: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart part size.")
+
+
+class PolicySettings(BaseSettings):
+    """The served policy model and how samples are decoded."""
+
+    model_config = _section("POLICY")
+
+    url: str = Field("http://127.0.0.1:8080", description="Base URL of TGI / an OpenAI-compatible server.")
+    backend: Literal["tgi", "openai"] = Field(
+        "openai", description="TGI native generate route, or the OpenAI-compatible chat completions route."
+    )
+    model_name: str = Field("policy", description="Model name on the server.")
+    api_token: SecretStr | None = Field(None, description="Bearer token for the server (from a Secret).")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/connection errors, jittered backoff.")
+    retry_backoff_s: float = Field(0.5, gt=0, description="First retry delay; doubles per retry (full jitter).")
+    retry_max_backoff_s: float = Field(10.0, gt=0, description="Longest delay between two retries.")
+    max_in_flight: int = Field(8, ge=1, description="Requests in flight at once.")
+    max_new_tokens: int = Field(64, ge=1, description="Generation length limit.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding (method default: greedy).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    n: int = Field(1, ge=1, description="Responses per prompt.")
+    stop: list[str] = Field(default_factory=list, description="Stop sequences.")
+    template: Literal["plain", "short"] = Field("plain", description="Prompt template (method page §2).")
+    max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts are rejected or truncated.")
+    truncate_long_prompts: bool = Field(False, description="Truncate (and record) instead of rejecting.")
+    seed: int = Field(0, ge=0, description="Base seed: a sampled response's seed derives from it and the sample id.")
+
+    @model_validator(mode="after")
+    def _check_sampling(self) -> PolicySettings:
+        if self.n > 1 and not self.do_sample:
+            raise ValueError("policy.n > 1 needs policy.do_sample=true: greedy decoding gives n identical responses")
+        return self
+
+
+class PolicyServerSettings(BaseSettings):
+    """The embedded policy server (``python -m cutalign.policy.server``); flags use the same names."""
+
+    model_config = _section("POLICY_SERVER")
+
+    policy_uri: str = Field("", description="Checkpoint to serve: a directory or s3://bucket/prefix (required).")
+    base_model_uri: str | None = Field(None, description="Base model of a LoRA adapter (default: its config's).")
+    policy_model_id: str | None = Field(None, description="model_id reported in the version (default: URI tail).")
+    iteration: int = Field(0, ge=0, description="Iteration that produced the checkpoint (0 = base model).")
+    expected_sha256: str | None = Field(None, description="Refuse to start unless the checkpoint hashes to this.")
+    max_batch_size: int = Field(16, ge=1, description="Most requests decoded together in one batch.")
+    max_batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
+    default_max_new_tokens: int = Field(64, ge=1, description="max_new_tokens when a request names none.")
+    device: str = Field("cpu", description="torch device of the model (cpu, cuda, cuda:1).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
+    watch_current: bool = Field(False, description="Hot-reload each new release written to policy/current.json.")
+    watch_interval_s: float = Field(10.0, gt=0, description="How often policy/current.json is read.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for POST /v1/policy/load (a Secret).")
+
+
+class GeneratorSettings(BaseSettings):
+    """The generator service: prompts in, policy samples out."""
+
+    model_config = _section("GENERATOR")
+
+    group_id: str = Field("cutalign-generator", description="Consumer group of the prompts topic.")
+    http_port: int = Field(8091, ge=0, description="Health and metrics port (0 picks a free one).")
+    iteration: int = Field(1, ge=0, description="Iteration the samples are generated for (recorded on each).")
+    expected_policy_sha256: str | None = Field(
+        None, description="Policy checkpoint sha256 to generate from (None: pin what is served at start-up)."
+    )
+    batch_size: int = Field(32, ge=1, description="Prompts polled and generated per batch (commit unit).")
+    poll_timeout_s: float = Field(1.0, gt=0, description="Longest wait for a batch of prompts.")
+    dedupe_window: int = Field(100_000, ge=0, description="Prompt ids remembered to skip redeliveries in a run.")
+
+
+class JudgeSettings(BaseSettings):
+    """Which judge judges samples, and how failures are retried."""
+
+    model_config = _section("JUDGE")
+
+    judge: str = Field("counting", description="Entry point name or dotted path `package.module:Class`.")
+    options_json: str = Field("{}", description="JSON object of keyword arguments for the judge.")
+    judge_id: str | None = Field(None, description="Id written on judgments (default: the judge's own).")
+    max_retries: int = Field(3, ge=0, description="Retries of a failing judge call before dead-lettering.")
+    backoff_s: float = Field(0.2, ge=0, description="First retry delay; doubles, with jitter.")
+    timeout_s: float = Field(30.0, gt=0, description="A judge call slower than this counts as failed.")
+    guard: bool = Field(True, description="Veto positives on empty/too-short/template-echo responses.")
+    guard_min_chars: int = Field(1, ge=0, description="Guard: fewer visible characters is negative.")
+    guard_min_tokens: int = Field(1, ge=0, description="Guard: fewer words/numbers is negative.")
+    group_id: str = Field("cutalign-judge", description="Consumer group of the judge service.")
+    batch_size: int = Field(64, ge=1, description="Samples polled and judged per batch (one commit each).")
+    concurrency: int = Field(4, ge=1, description="Judge calls in flight at once (thread-safe judges).")
+    http_port: int = Field(8091, ge=0, description="Health and metrics port of the judge service.")
+
+
+class TrainerSettings(BaseSettings):
+    """CUT and baseline training hyperparameters (method page §5)."""
+
+    model_config = _section("TRAINER")
+
+    objective: Literal["cut", "sft", "hindsight", "unlikelihood"] = Field("cut", description="Loss to train.")
+    threshold: float = Field(1.1, gt=1.0, description="λ: detection ratio threshold.")
+    unlikelihood_weight: float = Field(1.0, ge=0, description="α: unlikelihood weight.")
+    gamma: float = Field(0.0, ge=0, description="γ: dynamic weighting exponent (0 = reference code).")
+    combine: Literal["mean", "sum"] = Field("mean", description="(L1+L2)/2 (reference) or L1+L2 (paper).")
+    learning_rate: float = Field(4e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    epochs: int = Field(1, ge=1, description="Passes over the data.")
+    micro_batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    cutoff: int = Field(2048, ge=8, description="Max sequence length; left truncation keeps the response.")
+    lora: bool = Field(True, description="Train a LoRA adapter (else full fine-tuning).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"], description="Modules LoRA adapts."
+    )
+    seed: int = Field(42, description="Seed of data order, dropout and downsampling.")
+    template: Literal["plain", "short"] = Field("plain", description="Prompt templates (method page §2).")
+    checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept; older ones are deleted.")
+    resume: bool = Field(True, description="Continue from the latest complete checkpoint under the output.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (default: epochs).")
+    align_p_ratio: float | None = Field(
+        None, ge=0, description="File data only: keep ratio x negatives positives (None: keep all; manifests are "
+        "already downsampled by the builder)."
+    )
+    span_mode: Literal["ratio", "span", "union", "intersection"] = Field(
+        "ratio", description="Tokens that get unlikelihood: ratio rule (method), judge spans, or both combined."
+    )
+    mask_after_error: bool = Field(False, description="No Misalign MLE on tokens after the first flagged one.")
+    align_n_weight: float = Field(1.0, ge=0, description="Weight of the Align-N MLE terms (1.0 = method).")
+    fuse_forward: Literal["auto", "always", "never"] = Field(
+        "auto", description="One forward over Align and Misalign rows (auto: on GPU, or when lengths match)."
+    )
+
+
+class BuilderSettings(BaseSettings):
+    """Target builder: sharding, sealing and late-judgment policy."""
+
+    model_config = _section("BUILDER")
+
+    iteration: int = Field(1, ge=0, description="Iteration currently open for judgments.")
+    shard_max_examples: int = Field(500, ge=1, description="Flush a shard at this many examples...")
+    shard_max_seconds: float = Field(5.0, gt=0, description="...or after this many seconds.")
+    align_p_ratio: float = Field(0.25, ge=0, description="Keep ratio x (number of negatives) positives.")
+    seed: int = Field(42, description="Downsampling seed.")
+    seal_count: int | None = Field(None, ge=1, description="Seal automatically at this many judgments.")
+    seal_deadline_s: float | None = Field(None, gt=0, description="Seal automatically after this long.")
+    late_policy: Literal["next", "deadletter"] = Field("deadletter", description="Judgments for sealed iterations.")
+    max_text_bytes: int = Field(64 * 1024, ge=1, description="Longer responses/judgments are dead-lettered.")
+    http_port: int = Field(8090, ge=0, description="Health, metrics and the seal endpoint.")
+
+
+class FeedbackSettings(BaseSettings):
+    """Production feedback ingestion endpoint."""
+
+    model_config = _section("FEEDBACK")
+
+    token: SecretStr | None = Field(None, description="Bearer token producers must send (from a Secret).")
+    user_hash_salt: SecretStr = Field(SecretStr("change-me"), description="Salt for hashing user ids.")
+    rate_limit_per_s: float = Field(50.0, gt=0, description="Sustained requests per second per source.")
+    rate_limit_burst: int = Field(100, ge=1, description="Burst size per source.")
+    max_body_bytes: int = Field(256 * 1024, ge=1, description="Larger requests get 413.")
+    known_policy_versions: list[str] = Field(
+        default_factory=list, description="Accepted policy checkpoint hashes (empty: read the promoted policy)."
+    )
+    iteration: int = Field(1, ge=0, description="Iteration that production feedback is assigned to.")
+    host: str = Field("0.0.0.0", description="Address the ingestion server binds.")
+    port: int = Field(8092, ge=0, le=65535, description="Ingestion server port (API, health, metrics).")
+    positive_rating_threshold: float = Field(
+        4.0, description="A rating at or above this is positive, below it negative (when no flag is sent)."
+    )
+    require_polarity: bool = Field(
+        False, description="Reject (422) feedback with neither a positive flag nor a rating."
+    )
+    policy_refresh_s: float = Field(
+        30.0, gt=0, description="How long the promoted policy version read from S3 is cached."
+    )
+
+
+class PlatformSettings(BaseSettings):
+    """The embedded local platform (Tansu + SeaweedFS on loopback)."""
+
+    model_config = _section("PLATFORM")
+
+    data_dir: str = Field(".cutalign/platform", description="Pid files, logs and SeaweedFS data.")
+    kafka_port: int = Field(9092, ge=1, le=65535, description="Tansu listener port.")
+    s3_port: int = Field(8333, ge=1, le=55535, description="SeaweedFS S3 port (its gRPC port is +10000).")
+    master_port: int = Field(9333, ge=1, le=55535, description="SeaweedFS master port.")
+    volume_port: int = Field(8089, ge=1, le=55535, description="SeaweedFS volume port.")
+    filer_port: int = Field(8888, ge=1, le=55535, description="SeaweedFS filer port.")
+    admin_port: int = Field(23646, ge=1, le=55535, description="SeaweedFS admin port.")
+    kafka_bucket: str = Field("tansu", description="Bucket Tansu persists topics into.")
+
+
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
+
+
+class Toleration(BaseModel):
+    """A Kubernetes pod toleration, passed through to training pods (e.g. for tainted GPU nodes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str | None = Field(None, description="Taint key (empty with operator Exists: tolerate every taint).")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists ignores `value`.")
+    value: str | None = Field(None, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to tolerate (empty: all effects)."
+    )
+
+
+class LauncherSettings(BaseSettings):
+    """How a training run is submitted to Kubernetes: a PyTorchJob (Training Operator v1) or a TrainJob (v2)."""
+
+    model_config = _section("LAUNCHER")
+
+    backend: Literal["pytorchjob", "trainjob"] = Field(
+        "pytorchjob", description="PyTorchJob (kubeflow.org/v1) or Kubeflow Trainer v2 TrainJob."
+    )
+    namespace: str = Field("cutalign", description="Namespace the training job is created in.")
+    image: str = Field("ghcr.io/cutalign/trainer:0.1.0", description="Trainer image (pinned tag or digest).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Image pull policy of the training pods."
+    )
+    service_account: str = Field("cutalign-trainer", description="Service account of the training pods.")
+    workers: int = Field(0, ge=0, description="Worker nodes besides the Master (nodes = workers + 1).")
+    gpus_per_node: int = Field(1, ge=0, description="nvidia.com/gpu per node (0: CPU training).")
+    nproc_per_node: int | None = Field(
+        None, ge=1, description="Processes per node (default: gpus_per_node, or 1 without GPUs)."
+    )
+    cpu: str = Field("4", pattern=_QUANTITY, description="CPU request per node.")
+    memory: str = Field("32Gi", pattern=_QUANTITY, description="Memory request and limit per node.")
+    shm_size: str = Field("8Gi", pattern=_QUANTITY, description="Size of /dev/shm (NCCL, data loaders).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels training pods need.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints training pods tolerate.")
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on training pods (the chart's, so NetworkPolicies match)."
+    )
+    s3_secret: str = Field("cutalign-s3", description="Secret holding the S3 access and secret keys.")
+    s3_access_key_key: str = Field("access-key", description="Key of the access key in `s3_secret`.")
+    s3_secret_key_key: str = Field("secret-key", description="Key of the secret key in `s3_secret`.")
+    backoff_limit: int = Field(3, ge=0, description="Pod restarts before the job is marked failed.")
+    ttl_seconds_after_finished: int = Field(86400, ge=0, description="Finished jobs are deleted after this.")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Hard wall-clock limit of a run.")
+    max_restarts: int = Field(0, ge=0, description="torchrun --max-restarts: in-pod restarts of a failed worker.")
+    trainjob_runtime: str = Field(
+        "torch-distributed", description="ClusterTrainingRuntime a TrainJob refers to (backend trainjob)."
+    )
+    crd_dir: str | None = Field(
+        None, description="Directory of CRD YAMLs to validate jobs against (default: the ones cutalign ships)."
+    )
+
+    @model_validator(mode="after")
+    def _check_procs(self) -> LauncherSettings:
+        if self.gpus_per_node and self.nproc_per_node and self.nproc_per_node > self.gpus_per_node:
+            raise ValueError(
+                f"launcher.nproc_per_node ({self.nproc_per_node}) exceeds launcher.gpus_per_node "
+                f"({self.gpus_per_node}): each process needs its own GPU; lower nproc_per_node or add GPUs"
+            )
+        return self
+
+    @property
+    def procs_per_node(self) -> int:
+        """Processes torchrun starts on each node."""
+        return self.nproc_per_node or max(self.gpus_per_node, 1)
