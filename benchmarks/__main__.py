@@ -1,4 +1,4 @@
-"""`make bench`: run every ``benchmarks/bench_*.py`` module's ``run()`` (or only those named on the command line)."""
+"""`make bench`: run each ``benchmarks/bench_*.py`` module's ``run()`` (or those named as arguments)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_"))
+    names = sorted(
+        m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_")
+    )
     wanted = [n for n in names if not argv or any(a in n for a in argv)]
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)

@@ -1,7 +1,7 @@
-"""Produce/consume throughput through the typed bus layer vs the raw confluent-kafka client, same broker, same run.
+"""Produce/consume throughput of the typed bus layer vs the raw confluent-kafka client, same broker and run.
 
-The bus adds protobuf encoding/decoding, schema headers, delivery tracking and dead-letter checks; this measures
-what that costs per message relative to raw ``Producer.produce`` / ``Consumer.consume`` of the same bytes.
+The bus adds protobuf encoding/decoding, schema headers, delivery tracking and dead-letter checks; this
+measures what that costs per message relative to raw ``Producer.produce`` / ``Consumer.consume``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
-
 from cutalign.bus import TypedConsumer, TypedProducer, provision_topics
 from cutalign.platform import LocalPlatform
 from cutalign.v1 import messages_pb2
@@ -22,7 +21,9 @@ N = 20_000
 
 def _sample(i: int) -> messages_pb2.Sample:
     prompt = messages_pb2.Prompt(id=f"p{i}", instruction=f"Count from {i % 90} to {i % 90 + 9}.", iteration=1)
-    return messages_pb2.Sample(id=f"p{i}#0", prompt=prompt, response=" ".join(str(i % 90 + k) for k in range(10)))
+    return messages_pb2.Sample(
+        id=f"p{i}#0", prompt=prompt, response=" ".join(str(i % 90 + k) for k in range(10))
+    )
 
 
 def run() -> None:
@@ -38,13 +39,21 @@ def run() -> None:
 def _measure(platform: LocalPlatform) -> None:
     base = platform.kafka_settings
     raw_topic, typed_topic = f"raw-{uuid.uuid4().hex[:6]}", f"typed-{uuid.uuid4().hex[:6]}"
-    settings = base.model_copy(update={"topic_samples": typed_topic, "topic_deadletter": typed_topic + ".dlq"})
+    settings = base.model_copy(
+        update={"topic_samples": typed_topic, "topic_deadletter": typed_topic + ".dlq"}
+    )
     provision_topics(settings, [raw_topic, typed_topic, settings.topic_deadletter])
     samples = [_sample(i) for i in range(N)]
     payloads = [s.SerializeToString() for s in samples]
 
-    raw = Producer({"bootstrap.servers": base.bootstrap_servers, "enable.idempotence": True, "acks": "all",
-                    "linger.ms": 5})
+    raw = Producer(
+        {
+            "bootstrap.servers": base.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+        }
+    )
     start = time.perf_counter()
     for s, payload in zip(samples, payloads, strict=True):
         raw.produce(raw_topic, value=payload, key=s.id.encode())
@@ -58,9 +67,16 @@ def _measure(platform: LocalPlatform) -> None:
             producer.send(typed_topic, s, key=s.id)
     typed_produce = N / (time.perf_counter() - start)
 
-    consumer = Consumer({"bootstrap.servers": base.bootstrap_servers, "group.id": f"raw-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": 6000, "heartbeat.interval.ms": 2000})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": base.bootstrap_servers,
+            "group.id": f"raw-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 2000,
+        }
+    )
     consumer.subscribe([raw_topic])
     got, start = 0, None
     while got < N:
@@ -76,8 +92,13 @@ def _measure(platform: LocalPlatform) -> None:
     raw_consume = N / (time.perf_counter() - start)
     consumer.close()
 
-    with TypedConsumer(settings, group_id=f"typed-{uuid.uuid4().hex[:6]}", topics=[typed_topic],
-                       message_type=messages_pb2.Sample, service="bench") as typed:
+    with TypedConsumer(
+        settings,
+        group_id=f"typed-{uuid.uuid4().hex[:6]}",
+        topics=[typed_topic],
+        message_type=messages_pb2.Sample,
+        service="bench",
+    ) as typed:
         got, start = 0, None
         while got < N:
             batch = typed.poll_batch(1000, 1.0)
@@ -90,6 +111,12 @@ def _measure(platform: LocalPlatform) -> None:
         typed_consume = N / (time.perf_counter() - start)
 
     print(f"messages: {N} Samples of ~{len(payloads[0])} bytes, Tansu memory storage, loopback")
-    print(f"produce  raw {raw_produce:9.0f} msg/s | bus {typed_produce:9.0f} msg/s | ratio {typed_produce / raw_produce:.2f}")
-    print(f"consume  raw {raw_consume:9.0f} msg/s | bus {typed_consume:9.0f} msg/s | ratio {typed_consume / raw_consume:.2f}")
+    print(
+        f"produce  raw {raw_produce:9.0f} msg/s | bus {typed_produce:9.0f} msg/s | "
+        f"ratio {typed_produce / raw_produce:.2f}"
+    )
+    print(
+        f"consume  raw {raw_consume:9.0f} msg/s | bus {typed_consume:9.0f} msg/s | "
+        f"ratio {typed_consume / raw_consume:.2f}"
+    )
     print("(raw consume decodes the protobuf too and commits per batch, as the bus does)")

@@ -33,8 +33,11 @@ def test_protobuf_round_trip_with_key_and_headers(kafka_settings: KafkaSettings,
         for i in range(20):
             producer.send(kafka_settings.topic_samples, _sample(i), key=f"p{i}#0", trace_id=f"trace-{i}")
     with TypedConsumer(
-        kafka_settings, group_id=unique_name, topics=[kafka_settings.topic_samples],
-        message_type=messages_pb2.Sample, service="test",
+        kafka_settings,
+        group_id=unique_name,
+        topics=[kafka_settings.topic_samples],
+        message_type=messages_pb2.Sample,
+        service="test",
     ) as consumer:
         got = _drain(consumer, 20)
         consumer.commit()
@@ -66,8 +69,11 @@ def test_malformed_messages_are_dead_lettered_and_consumer_continues(
     assert sorted(e.message.id for e in got) == ["p1#0", "p3#0"]
 
     with TypedConsumer(
-        kafka_settings, group_id=f"{unique_name}-dlq", topics=[kafka_settings.topic_deadletter],
-        message_type=training_pb2.DeadLetter, service="test",
+        kafka_settings,
+        group_id=f"{unique_name}-dlq",
+        topics=[kafka_settings.topic_deadletter],
+        message_type=training_pb2.DeadLetter,
+        service="test",
     ) as dlq:
         letters = {e.key: e.message for e in _drain(dlq, 2)}
     assert letters["bad-bytes"].reason == "decode_error"

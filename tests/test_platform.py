@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cutalign.bus import TypedConsumer, TypedProducer
 from cutalign.config import KafkaSettings, S3Settings
 from cutalign.platform import LocalPlatform, free_port_pair
@@ -35,14 +34,24 @@ def test_up_status_down_twice_keeps_data_and_leaves_nothing_running(tmp_path: Pa
     env = dict(os.environ, CUTALIGN_PLATFORM_DATA_DIR=str(tmp_path / "platform"))
     env.update({f"CUTALIGN_PLATFORM_{name}_PORT": str(port) for name, port in ports.items()})
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{ports['KAFKA']}")
-    s3 = S3Settings(endpoint=f"127.0.0.1:{ports['S3']}")
 
     _cli(env, "up")
+    credentials = tmp_path / "platform" / "credentials.env"
+    assert oct(credentials.stat().st_mode & 0o777) == "0o600"
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in credentials.read_text().splitlines())
+    s3 = S3Settings(
+        endpoint=exported["CUTALIGN_S3_ENDPOINT"],
+        access_key=exported["CUTALIGN_S3_ACCESS_KEY"],
+        secret_key=exported["CUTALIGN_S3_SECRET_KEY"],
+    )
+    assert s3.endpoint == f"127.0.0.1:{ports['S3']}"
     state = json.loads(_cli(env, "status", "--json"))
     assert all(c["running"] and c["listening"] for c in state.values())
     first_pids = _pids(tmp_path / "platform")
     with TypedProducer(kafka, service="test") as producer:
-        producer.send(kafka.topic_prompts, messages_pb2.Prompt(id="survivor", instruction="x"), key="survivor")
+        producer.send(
+            kafka.topic_prompts, messages_pb2.Prompt(id="survivor", instruction="x"), key="survivor"
+        )
     ArtifactStore(s3).put_bytes("kept.txt", b"still here")
     _cli(env, "down")
 
@@ -53,8 +62,13 @@ def test_up_status_down_twice_keeps_data_and_leaves_nothing_running(tmp_path: Pa
     _cli(env, "up")
     try:
         assert ArtifactStore(s3).get_bytes("kept.txt") == b"still here"
-        with TypedConsumer(kafka, group_id="survivor-check", topics=[kafka.topic_prompts],
-                           message_type=messages_pb2.Prompt, service="test") as consumer:
+        with TypedConsumer(
+            kafka,
+            group_id="survivor-check",
+            topics=[kafka.topic_prompts],
+            message_type=messages_pb2.Prompt,
+            service="test",
+        ) as consumer:
             got: list = []
             deadline = time.monotonic() + 30
             while not got and time.monotonic() < deadline:
@@ -65,7 +79,9 @@ def test_up_status_down_twice_keeps_data_and_leaves_nothing_running(tmp_path: Pa
     state = json.loads(_cli(env, "status", "--json"))
     assert not any(c["running"] or c["listening"] for c in state.values())
     grpc_ports = {port + 10000 for port in ports.values()}
-    assert not [s for s in Path("/tmp").glob("seaweedfs-*-grpc-*.sock") if int(s.stem.rsplit("-", 1)[1]) in grpc_ports]
+    assert not [
+        s for s in Path("/tmp").glob("seaweedfs-*-grpc-*.sock") if int(s.stem.rsplit("-", 1)[1]) in grpc_ports
+    ]
 
 
 def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -73,7 +89,9 @@ def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
     local = LocalPlatform.ephemeral(tmp_path)
     blocker = LocalPlatform.ephemeral(tmp_path / "other")
     clashing = LocalPlatform(
-        blocker.settings.model_copy(update={"kafka_port": local.settings.s3_port}), blocker.s3, storage="memory"
+        blocker.settings.model_copy(update={"kafka_port": local.settings.s3_port}),
+        blocker.s3,
+        storage="memory",
     )
     local.up()
     try:

@@ -6,9 +6,14 @@ import io
 from pathlib import Path
 
 import pytest
-
-from cutalign.store import ArtifactStore, ChecksumMismatch, ManifestExists, ObjectMissing, sha256_bytes
-from cutalign.store import layout
+from cutalign.store import (
+    ArtifactStore,
+    ChecksumMismatch,
+    ManifestExists,
+    ObjectMissing,
+    layout,
+    sha256_bytes,
+)
 from cutalign.v1 import training_pb2
 
 
@@ -24,8 +29,9 @@ def test_put_get_verifies_sha256(store: ArtifactStore) -> None:
 def test_tampered_object_is_detected_on_read(store: ArtifactStore) -> None:
     ref = store.put_bytes("shard.jsonl", b'{"x": 1}\n')
     # Someone overwrites the bytes behind the store's back, keeping the old digest metadata.
-    store.client.put_object(store.bucket, "shard.jsonl", io.BytesIO(b'{"x": 2}\n'), 9,
-                            metadata={"sha256": ref.sha256})
+    store.client.put_object(
+        store.bucket, "shard.jsonl", io.BytesIO(b'{"x": 2}\n'), 9, metadata={"sha256": ref.sha256}
+    )
     with pytest.raises(ChecksumMismatch, match="modified or corrupted"):
         store.get_bytes("shard.jsonl")
 

@@ -1,9 +1,10 @@
 """Typed configuration for every component, read from ``CUTALIGN_<SECTION>_<KEY>`` environment variables.
 
-One settings class per component (kafka, s3, policy, judge, trainer, builder, feedback, platform). The same
-keys appear as CLI flags and as Helm values (``kafka.bootstrapServers`` -> ``CUTALIGN_KAFKA_BOOTSTRAP_SERVERS``),
-so a deployment is configured the same way everywhere. Secrets are ``SecretStr``: they come from the environment
-(Kubernetes Secrets on a cluster), and their ``repr``/``str``/logs show ``**********``.
+One settings class per component (kafka, s3, policy, judge, trainer, builder, feedback, platform, ...). The
+same keys appear as CLI flags and as Helm values (``kafka.bootstrapServers`` ->
+``CUTALIGN_KAFKA_BOOTSTRAP_SERVERS``), so a deployment is configured the same way everywhere. Secrets are
+``SecretStr`` with no default in code: they come from the environment (Kubernetes Secrets on a cluster), and
+their ``repr``/``str``/logs show ``**********``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class KafkaSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_heartbeat(self) -> KafkaSettings:
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
-            raise ValueError("kafka.heartbeat_interval_ms must be at most a third of kafka.session_timeout_ms")
+            raise ValueError(
+                "kafka.heartbeat_interval_ms must be at most a third of kafka.session_timeout_ms"
+            )
         return self
 
 
@@ -54,8 +57,18 @@ class S3Settings(BaseSettings):
     model_config = _section("S3")
 
     endpoint: str = Field("127.0.0.1:8333", description="host:port of the S3 API.")
-    access_key: SecretStr = Field(SecretStr("cutalign"), description="Access key (from a Secret).")
-    secret_key: SecretStr = Field(SecretStr("cutalign-local-secret"), description="Secret key (from a Secret).")
+    access_key: SecretStr | None = Field(None, description="Access key (from a Secret; never in code).")
+    secret_key: SecretStr | None = Field(None, description="Secret key (from a Secret; never in code).")
+
+    def credentials(self) -> tuple[str, str]:
+        """The key pair, or a clear error saying where it must come from."""
+        if self.access_key is None or self.secret_key is None:
+            raise ValueError(
+                "S3 credentials are not set: export CUTALIGN_S3_ACCESS_KEY and CUTALIGN_S3_SECRET_KEY (on a "
+                "cluster, from a Secret); for the embedded platform, `cutalign up` writes them to "
+                ".cutalign/platform/credentials.env — `source` that file"
+            )
+        return self.access_key.get_secret_value(), self.secret_key.get_secret_value()
     secure: bool = Field(False, description="Use https.")
     region: str = Field("us-east-1", description="Region reported to the store.")
     bucket: str = Field("cutalign", description="Bucket holding every artifact (see README layout).")
@@ -75,7 +88,7 @@ class PolicySettings(BaseSettings):
     api_token: SecretStr | None = Field(None, description="Bearer token for the server (from a Secret).")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/connection errors, jittered backoff.")
-    retry_backoff_s: float = Field(0.5, gt=0, description="First retry delay; doubles per retry (full jitter).")
+    retry_backoff_s: float = Field(0.5, gt=0, description="First retry delay; doubles per retry (jittered).")
     retry_max_backoff_s: float = Field(10.0, gt=0, description="Longest delay between two retries.")
     max_in_flight: int = Field(8, ge=1, description="Requests in flight at once.")
     max_new_tokens: int = Field(64, ge=1, description="Generation length limit.")
@@ -87,12 +100,12 @@ class PolicySettings(BaseSettings):
     template: Literal["plain", "short"] = Field("plain", description="Prompt template (method page §2).")
     max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts are rejected or truncated.")
     truncate_long_prompts: bool = Field(False, description="Truncate (and record) instead of rejecting.")
-    seed: int = Field(0, ge=0, description="Base seed: a sampled response's seed derives from it and the sample id.")
+    seed: int = Field(0, ge=0, description="Base seed; each sampled response's seed derives from it.")
 
     @model_validator(mode="after")
     def _check_sampling(self) -> PolicySettings:
         if self.n > 1 and not self.do_sample:
-            raise ValueError("policy.n > 1 needs policy.do_sample=true: greedy decoding gives n identical responses")
+            raise ValueError("policy.n > 1 needs policy.do_sample=true (greedy gives n equal responses)")
         return self
 
 
@@ -101,20 +114,20 @@ class PolicyServerSettings(BaseSettings):
 
     model_config = _section("POLICY_SERVER")
 
-    policy_uri: str = Field("", description="Checkpoint to serve: a directory or s3://bucket/prefix (required).")
-    base_model_uri: str | None = Field(None, description="Base model of a LoRA adapter (default: its config's).")
-    policy_model_id: str | None = Field(None, description="model_id reported in the version (default: URI tail).")
+    policy_uri: str = Field("", description="Checkpoint to serve: a directory or s3:// prefix (required).")
+    base_model_uri: str | None = Field(None, description="Base model of a LoRA adapter (default: from it).")
+    policy_model_id: str | None = Field(None, description="model_id of the version (default: URI tail).")
     iteration: int = Field(0, ge=0, description="Iteration that produced the checkpoint (0 = base model).")
-    expected_sha256: str | None = Field(None, description="Refuse to start unless the checkpoint hashes to this.")
+    expected_sha256: str | None = Field(None, description="Refuse to start unless the checkpoint hashes so.")
     max_batch_size: int = Field(16, ge=1, description="Most requests decoded together in one batch.")
     max_batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
     default_max_new_tokens: int = Field(64, ge=1, description="max_new_tokens when a request names none.")
     device: str = Field("cpu", description="torch device of the model (cpu, cuda, cuda:1).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
-    watch_current: bool = Field(False, description="Hot-reload each new release written to policy/current.json.")
+    watch_current: bool = Field(False, description="Hot-reload each new release in policy/current.json.")
     watch_interval_s: float = Field(10.0, gt=0, description="How often policy/current.json is read.")
-    admin_token: SecretStr | None = Field(None, description="Bearer token for POST /v1/policy/load (a Secret).")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of /v1/policy/load (a Secret).")
 
 
 class GeneratorSettings(BaseSettings):
@@ -124,13 +137,17 @@ class GeneratorSettings(BaseSettings):
 
     group_id: str = Field("cutalign-generator", description="Consumer group of the prompts topic.")
     http_port: int = Field(8091, ge=0, description="Health and metrics port (0 picks a free one).")
-    iteration: int = Field(1, ge=0, description="Iteration the samples are generated for (recorded on each).")
+    iteration: int = Field(
+        0, ge=0, description="Generate only for this iteration's prompts (0: follow each prompt's iteration)."
+    )
     expected_policy_sha256: str | None = Field(
-        None, description="Policy checkpoint sha256 to generate from (None: pin what is served at start-up)."
+        None,
+        description="Policy checkpoint sha256 to generate from (None: the promoted release in "
+        "policy/current.json, or what is served at start-up before the first promotion).",
     )
     batch_size: int = Field(32, ge=1, description="Prompts polled and generated per batch (commit unit).")
     poll_timeout_s: float = Field(1.0, gt=0, description="Longest wait for a batch of prompts.")
-    dedupe_window: int = Field(100_000, ge=0, description="Prompt ids remembered to skip redeliveries in a run.")
+    dedupe_window: int = Field(100_000, ge=0, description="Prompt ids remembered to skip redeliveries.")
 
 
 class JudgeSettings(BaseSettings):
@@ -181,20 +198,20 @@ class TrainerSettings(BaseSettings):
     seed: int = Field(42, description="Seed of data order, dropout and downsampling.")
     template: Literal["plain", "short"] = Field("plain", description="Prompt templates (method page §2).")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
-    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept; older ones are deleted.")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept (older ones deleted).")
     resume: bool = Field(True, description="Continue from the latest complete checkpoint under the output.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (default: epochs).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     align_p_ratio: float | None = Field(
-        None, ge=0, description="File data only: keep ratio x negatives positives (None: keep all; manifests are "
-        "already downsampled by the builder)."
+        None, ge=0, description="File data: keep ratio x negatives positives (manifests come downsampled)."
     )
     span_mode: Literal["ratio", "span", "union", "intersection"] = Field(
-        "ratio", description="Tokens that get unlikelihood: ratio rule (method), judge spans, or both combined."
+        "ratio", description="Unlikelihood tokens: ratio rule (method), judge spans, or both combined."
     )
-    mask_after_error: bool = Field(False, description="No Misalign MLE on tokens after the first flagged one.")
+    mask_after_error: bool = Field(False, description="No Misalign MLE after the first flagged token.")
     align_n_weight: float = Field(1.0, ge=0, description="Weight of the Align-N MLE terms (1.0 = method).")
+    group_by_length: bool = Field(True, description="Batch similar-length examples (False: plain shuffle).")
     fuse_forward: Literal["auto", "always", "never"] = Field(
-        "auto", description="One forward over Align and Misalign rows (auto: on GPU, or when lengths match)."
+        "auto", description="One forward for Align and Misalign rows (auto: on GPU or equal lengths)."
     )
 
 
@@ -203,16 +220,23 @@ class BuilderSettings(BaseSettings):
 
     model_config = _section("BUILDER")
 
-    iteration: int = Field(1, ge=0, description="Iteration currently open for judgments.")
+    iteration: int = Field(
+        1, ge=0, description="First iteration to build; judgments go to the lowest unsealed one from here on."
+    )
     shard_max_examples: int = Field(500, ge=1, description="Flush a shard at this many examples...")
     shard_max_seconds: float = Field(5.0, gt=0, description="...or after this many seconds.")
     align_p_ratio: float = Field(0.25, ge=0, description="Keep ratio x (number of negatives) positives.")
     seed: int = Field(42, description="Downsampling seed.")
-    seal_count: int | None = Field(None, ge=1, description="Seal automatically at this many judgments.")
-    seal_deadline_s: float | None = Field(None, gt=0, description="Seal automatically after this long.")
-    late_policy: Literal["next", "deadletter"] = Field("deadletter", description="Judgments for sealed iterations.")
+    seal_count: int | None = Field(None, ge=1, description="Seal automatically at this many examples.")
+    seal_deadline_s: float | None = Field(
+        None, gt=0, description="Seal automatically this long after the iteration's first shard."
+    )
+    late_policy: Literal["next", "deadletter"] = Field(
+        "deadletter", description="Judgments for sealed iterations."
+    )
     max_text_bytes: int = Field(64 * 1024, ge=1, description="Longer responses/judgments are dead-lettered.")
     http_port: int = Field(8090, ge=0, description="Health, metrics and the seal endpoint.")
+    group_id: str = Field("cutalign-target-builder", description="Consumer group on the judgments topic.")
 
 
 class FeedbackSettings(BaseSettings):
@@ -226,7 +250,8 @@ class FeedbackSettings(BaseSettings):
     rate_limit_burst: int = Field(100, ge=1, description="Burst size per source.")
     max_body_bytes: int = Field(256 * 1024, ge=1, description="Larger requests get 413.")
     known_policy_versions: list[str] = Field(
-        default_factory=list, description="Accepted policy checkpoint hashes (empty: read the promoted policy)."
+        default_factory=list,
+        description="Accepted policy checkpoint hashes (empty: read the promoted policy).",
     )
     iteration: int = Field(1, ge=0, description="Iteration that production feedback is assigned to.")
     host: str = Field("0.0.0.0", description="Address the ingestion server binds.")
@@ -240,6 +265,39 @@ class FeedbackSettings(BaseSettings):
     policy_refresh_s: float = Field(
         30.0, gt=0, description="How long the promoted policy version read from S3 is cached."
     )
+
+
+class IterationSettings(BaseSettings):
+    """One online iteration as the pipeline runs it: wait, seal, evaluate, gate, promote (method page §6)."""
+
+    model_config = _section("ITERATION")
+
+    builder_url: str | None = Field(
+        None, description="Base URL of the running target builder (POST /seal); None: seal in this process."
+    )
+    policy_admin_url: str | None = Field(
+        None, description="Base URL of the embedded policy server to hot-reload after promotion (None: none)."
+    )
+    policy_admin_token: SecretStr | None = Field(None, description="Bearer token of POST /v1/policy/load.")
+    target_count: int | None = Field(
+        None, ge=1, description="Judged samples to wait for (None: one per published prompt)."
+    )
+    deadline_s: float = Field(3600.0, gt=0, description="Longest wait for generation and judging.")
+    min_count: int = Field(1, ge=1, description="Fewer durable examples than this at the deadline: fail.")
+    poll_interval_s: float = Field(2.0, gt=0, description="How often durable progress is read while waiting.")
+    count_dead_letters: bool = Field(
+        True, description="Count this iteration's dead-lettered prompts/samples/judgments towards the target."
+    )
+    gate_tolerance: float = Field(
+        0.0, ge=0, le=1, description="Promote when eval accuracy >= previous accuracy - tolerance."
+    )
+    eval_template: Literal["plain", "short"] = Field("plain", description="Prompt template of evaluation.")
+    eval_max_new_tokens: int = Field(64, ge=1, description="Generation length limit of evaluation.")
+    eval_batch_size: int = Field(16, ge=1, description="Eval prompts decoded together.")
+    model_id: str = Field("cutalign-policy", description="model_id recorded on promoted policy versions.")
+    http_timeout_s: float = Field(120.0, gt=0, description="Timeout of the seal and reload HTTP calls.")
+    job_poll_interval_s: float = Field(15.0, gt=0, description="How often a cluster training job is read.")
+    job_timeout_s: float = Field(7 * 86400.0, gt=0, description="Longest wait for a cluster training job.")
 
 
 class PlatformSettings(BaseSettings):
@@ -274,7 +332,7 @@ class Toleration(BaseModel):
 
 
 class LauncherSettings(BaseSettings):
-    """How a training run is submitted to Kubernetes: a PyTorchJob (Training Operator v1) or a TrainJob (v2)."""
+    """How a training run is submitted to Kubernetes: a PyTorchJob (Training Operator v1) or a TrainJob."""
 
     model_config = _section("LAUNCHER")
 
@@ -298,7 +356,7 @@ class LauncherSettings(BaseSettings):
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels training pods need.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints training pods tolerate.")
     pod_labels: dict[str, str] = Field(
-        default_factory=dict, description="Extra labels on training pods (the chart's, so NetworkPolicies match)."
+        default_factory=dict, description="Extra labels of training pods (NetworkPolicies select them)."
     )
     s3_secret: str = Field("cutalign-s3", description="Secret holding the S3 access and secret keys.")
     s3_access_key_key: str = Field("access-key", description="Key of the access key in `s3_secret`.")
@@ -306,12 +364,12 @@ class LauncherSettings(BaseSettings):
     backoff_limit: int = Field(3, ge=0, description="Pod restarts before the job is marked failed.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="Finished jobs are deleted after this.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Hard wall-clock limit of a run.")
-    max_restarts: int = Field(0, ge=0, description="torchrun --max-restarts: in-pod restarts of a failed worker.")
+    max_restarts: int = Field(0, ge=0, description="torchrun --max-restarts (in-pod restarts of workers).")
     trainjob_runtime: str = Field(
         "torch-distributed", description="ClusterTrainingRuntime a TrainJob refers to (backend trainjob)."
     )
     crd_dir: str | None = Field(
-        None, description="Directory of CRD YAMLs to validate jobs against (default: the ones cutalign ships)."
+        None, description="Directory of CRD YAMLs jobs are validated against (default: cutalign's)."
     )
 
     @model_validator(mode="after")

@@ -12,10 +12,14 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+# A POST endpoint a service adds (e.g. the builder's ``/seal``): query parameters in, (status, JSON body) out.
+PostRoute = Callable[[dict[str, str]], tuple[int, bytes]]
 
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -50,7 +54,10 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 
 
 class HealthServer:
-    """``/healthz``, ``/readyz`` and ``/metrics`` on a background thread. Port 0 picks a free port."""
+    """``/healthz``, ``/readyz`` and ``/metrics`` on a background thread. Port 0 picks a free port.
+
+    ``post_routes`` adds a service's few control endpoints on the same port (one port per pod to expose).
+    """
 
     def __init__(
         self,
@@ -58,8 +65,9 @@ class HealthServer:
         ready: Callable[[], bool] = lambda: True,
         registry: CollectorRegistry = REGISTRY,
         host: str = "0.0.0.0",
+        post_routes: Mapping[str, PostRoute] | None = None,
     ) -> None:
-        ready_check, metrics_registry = ready, registry
+        ready_check, metrics_registry, routes = ready, registry, dict(post_routes or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -72,6 +80,15 @@ class HealthServer:
                     self._reply(200, generate_latest(metrics_registry), CONTENT_TYPE_LATEST)
                 else:
                     self._reply(404, b"not found", "text/plain")
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                path, _, query = self.path.partition("?")
+                route = routes.get(path)
+                if route is None:
+                    self._reply(404, b"not found", "text/plain")
+                    return
+                status, body = route({k: v[-1] for k, v in parse_qs(query).items()})
+                self._reply(status, body, "application/json")
 
             def _reply(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)

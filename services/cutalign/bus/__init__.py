@@ -1,4 +1,4 @@
-"""The Kafka bus: typed protobuf producer/consumer, dead-letter policy, topic provisioning (confluent-kafka)."""
+"""The Kafka bus (confluent-kafka): typed protobuf producer/consumer, dead letters, topic provisioning."""
 
 from cutalign.bus.consumer import Envelope, TypedConsumer
 from cutalign.bus.producer import DeliveryError, TypedProducer

@@ -131,7 +131,8 @@ class TypedConsumer(Generic[M]):
                 log.warning("consumer error", extra={"error": err.str(), "service": self.service})
                 continue
             envelope = self._decode(raw)
-            self._pending[(raw.topic(), raw.partition())] = raw.offset() + 1
+            topic, partition, offset = _where(raw)
+            self._pending[(topic, partition)] = offset + 1
             if envelope is not None:
                 batch.append(envelope)
         return batch
@@ -143,11 +144,15 @@ class TypedConsumer(Generic[M]):
         schema = headers.get(SCHEMA, expected)
         version = headers.get(SCHEMA_VERSION, CURRENT_SCHEMA_VERSION)
         if schema != expected:
-            self._publish_dead_letter(raw, headers, "wrong_schema", f"expected {expected}, message says {schema}")
+            self._publish_dead_letter(
+                raw, headers, "wrong_schema", f"expected {expected}, message says {schema}"
+            )
             return None
         if version != CURRENT_SCHEMA_VERSION:
             self._publish_dead_letter(
-                raw, headers, "unknown_schema_version",
+                raw,
+                headers,
+                "unknown_schema_version",
                 f"schema-version {version!r}; this consumer reads {CURRENT_SCHEMA_VERSION}",
             )
             return None
@@ -158,7 +163,7 @@ class TypedConsumer(Generic[M]):
             self._publish_dead_letter(raw, headers, "decode_error", f"not a valid {expected}: {e}")
             return None
         key = (raw.key() or b"").decode("utf-8", errors="replace")
-        return Envelope(message, key, raw.topic(), raw.partition(), raw.offset(), headers, value)
+        return Envelope(message, key, *_where(raw), headers, value)
 
     # -- dead letters --------------------------------------------------------------------------------------
 
@@ -172,8 +177,11 @@ class TypedConsumer(Generic[M]):
             envelope.value, envelope.key.encode(), envelope.position, envelope.headers, reason, detail
         )
 
-    def _publish_dead_letter(self, raw: KafkaMessage, headers: dict[str, str], reason: str, detail: str) -> None:
-        position = common_pb2.KafkaPosition(topic=raw.topic(), partition=raw.partition(), offset=raw.offset())
+    def _publish_dead_letter(
+        self, raw: KafkaMessage, headers: dict[str, str], reason: str, detail: str
+    ) -> None:
+        topic, partition, offset = _where(raw)
+        position = common_pb2.KafkaPosition(topic=topic, partition=partition, offset=offset)
         self._send_dead_letter(raw.value() or b"", raw.key() or b"", position, headers, reason, detail)
 
     def _send_dead_letter(
@@ -197,17 +205,25 @@ class TypedConsumer(Generic[M]):
         )
         log.warning(
             "dead-lettered",
-            extra={"reason": reason, "topic": position.topic, "partition": position.partition,
-                   "offset": position.offset, "service": self.service},
+            extra={
+                "reason": reason,
+                "topic": position.topic,
+                "partition": position.partition,
+                "offset": position.offset,
+                "service": self.service,
+            },
         )
-        key_text = key.decode("utf-8", errors="replace") or f"{position.topic}-{position.partition}-{position.offset}"
+        key_text = (
+            key.decode("utf-8", errors="replace")
+            or f"{position.topic}-{position.partition}-{position.offset}"
+        )
         self._deadletters.send(self.settings.topic_deadletter, record, key_text, headers.get(TRACE_ID))
         self._dead_lettered += 1
 
     # -- committing ----------------------------------------------------------------------------------------
 
     def commit(self) -> bool:
-        """Commit everything polled so far. False if a rebalance took the partitions (batch is redelivered)."""
+        """Commit everything polled so far. False if a rebalance took the partitions (batch redelivered)."""
         self._deadletters.flush()
         if not self._pending:
             return True
@@ -216,8 +232,10 @@ class TypedConsumer(Generic[M]):
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as e:
             if e.args and e.args[0].code() in _REBALANCE_CODES:
-                log.warning("commit skipped during rebalance; batch will be redelivered",
-                            extra={"service": self.service, "error": str(e)})
+                log.warning(
+                    "commit skipped during rebalance; batch will be redelivered",
+                    extra={"service": self.service, "error": str(e)},
+                )
                 self._pending.clear()
                 return False
             raise
@@ -232,3 +250,10 @@ class TypedConsumer(Generic[M]):
             position = self._consumer.position([tp])[0].offset
             total += max(0, high - position) if position >= 0 else high
         return total
+
+
+def _where(raw: KafkaMessage) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message (librdkafka always sets them on those)."""
+    topic, partition, offset = raw.topic(), raw.partition(), raw.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset

@@ -15,6 +15,10 @@ def new_trace_id() -> str:
     return uuid.uuid4().hex
 
 
-def decode_headers(raw: list[tuple[str, bytes | None]] | None) -> dict[str, str]:
+RawHeaders = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None
+
+
+def decode_headers(raw: RawHeaders) -> dict[str, str]:
     """Kafka headers as a dict; undecodable values become replacement characters rather than errors."""
-    return {k: (v or b"").decode("utf-8", errors="replace") for k, v in (raw or [])}
+    items = raw.items() if isinstance(raw, dict) else (raw or [])
+    return {k: v if isinstance(v, str) else (v or b"").decode("utf-8", errors="replace") for k, v in items}

@@ -2,8 +2,8 @@
 
 Idempotence + ``acks=all`` means a retried send never duplicates and an acknowledged send is on every in-sync
 replica. Delivery is asynchronous for throughput; ``flush()`` is the durability point: it waits for every
-outstanding message and raises ``DeliveryError`` if any failed, so callers commit their input offsets only after
-a successful flush.
+outstanding message and raises ``DeliveryError`` if any failed, so callers commit their input offsets only
+after a successful flush.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class TypedProducer:
         self.send_raw(topic, message.SerializeToString(), key, message.DESCRIPTOR.full_name, trace_id)
 
     def send_raw(self, topic: str, value: bytes, key: str, schema: str, trace_id: str | None = None) -> None:
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             (SCHEMA, schema),
             (SCHEMA_VERSION, CURRENT_SCHEMA_VERSION),
             (TRACE_ID, trace_id or new_trace_id()),

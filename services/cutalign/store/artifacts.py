@@ -4,8 +4,8 @@ Why this layer exists: training data and checkpoints are only trustworthy if nob
 set of objects or silently read a corrupted one. So:
 * every object is written with its sha256 in the object metadata, and every read verifies it (against the
   caller's expected digest when given, else against the stored one) — a mismatch is a ``ChecksumMismatch``;
-* publishing is *data first, manifest last*: a manifest lists the sha256 and size of the objects it names and is
-  written with a conditional put (``If-None-Match: *``), so a manifest, once there, is never overwritten
+* publishing is *data first, manifest last*: a manifest lists the sha256 and size of the objects it names and
+  is   written with a conditional put (``If-None-Match: *``), so a manifest, once there, is never overwritten
   (``ManifestExists``) and readers that start from a manifest only ever see complete data;
 * large files go up as multipart uploads (part size from settings).
 """
@@ -84,10 +84,11 @@ class ArtifactStore:
     def __init__(self, settings: S3Settings, bucket: str | None = None) -> None:
         self.settings = settings
         self.bucket = bucket or settings.bucket
+        access_key, secret_key = settings.credentials()
         self.client = Minio(
             settings.endpoint,
-            access_key=settings.access_key.get_secret_value(),
-            secret_key=settings.secret_key.get_secret_value(),
+            access_key=access_key,
+            secret_key=secret_key,
             secure=settings.secure,
             region=settings.region,
         )
@@ -115,19 +116,30 @@ class ArtifactStore:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         digest = sha256_bytes(data)
         self.client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
             metadata={SHA256_META: digest},
         )
         return ObjectRef(key, digest, len(data))
 
-    def put_file(self, key: str, path: Path | str, content_type: str = "application/octet-stream") -> ObjectRef:
+    def put_file(
+        self, key: str, path: Path | str, content_type: str = "application/octet-stream"
+    ) -> ObjectRef:
         """Upload a file; files above the part size go up as a multipart upload."""
         path = Path(path)
         digest = sha256_file(path)
         size = path.stat().st_size
         with path.open("rb") as f:
             self.client.put_object(
-                self.bucket, key, f, size, content_type=content_type, metadata={SHA256_META: digest},
+                self.bucket,
+                key,
+                f,
+                size,
+                content_type=content_type,
+                metadata={SHA256_META: digest},
                 part_size=self.settings.multipart_part_size,
             )
         return ObjectRef(key, digest, size)
@@ -136,7 +148,7 @@ class ArtifactStore:
         """Publish a manifest exactly once. Raises ``ManifestExists`` if the key is already taken."""
         data = manifest_json(message)
         digest = sha256_bytes(data)
-        headers = {
+        headers: dict[str, str | list[str] | tuple[str]] = {
             "Content-Type": "application/json",
             "If-None-Match": "*",
             f"x-amz-meta-{SHA256_META}": digest,

@@ -78,7 +78,7 @@ class ShardManifest(_message.Message):
     def __init__(self, key: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., count: _Optional[int] = ..., counts_by_kind: _Optional[_Mapping[str, int]] = ..., offsets: _Optional[_Union[_common_pb2.OffsetRange, _Mapping]] = ..., iteration: _Optional[int] = ..., format: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., schema_version: _Optional[int] = ...) -> None: ...
 
 class IterationManifest(_message.Message):
-    __slots__ = ("iteration", "shards", "counts_by_kind", "counts_before_downsampling", "align_p_ratio", "seed", "excluded_sample_ids", "offsets", "judge_ids", "sources", "sealed_at_ms", "schema_version", "sealed_by")
+    __slots__ = ("iteration", "shards", "counts_by_kind", "counts_before_downsampling", "align_p_ratio", "seed", "excluded_sample_ids", "offsets", "judge_ids", "sources", "sealed_at_ms", "schema_version", "sealed_by", "duplicate_positions")
     class CountsByKindEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class IterationManifest(_message.Message):
     SEALED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     SEALED_BY_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     iteration: int
     shards: _containers.RepeatedCompositeFieldContainer[ShardManifest]
     counts_by_kind: _containers.ScalarMap[str, int]
@@ -119,7 +120,8 @@ class IterationManifest(_message.Message):
     sealed_at_ms: int
     schema_version: int
     sealed_by: str
-    def __init__(self, iteration: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardManifest, _Mapping]]] = ..., counts_by_kind: _Optional[_Mapping[str, int]] = ..., counts_before_downsampling: _Optional[_Mapping[str, int]] = ..., align_p_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., excluded_sample_ids: _Optional[_Iterable[str]] = ..., offsets: _Optional[_Iterable[_Union[_common_pb2.OffsetRange, _Mapping]]] = ..., judge_ids: _Optional[_Iterable[str]] = ..., sources: _Optional[_Iterable[str]] = ..., sealed_at_ms: _Optional[int] = ..., schema_version: _Optional[int] = ..., sealed_by: _Optional[str] = ...) -> None: ...
+    duplicate_positions: _containers.RepeatedCompositeFieldContainer[_common_pb2.KafkaPosition]
+    def __init__(self, iteration: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardManifest, _Mapping]]] = ..., counts_by_kind: _Optional[_Mapping[str, int]] = ..., counts_before_downsampling: _Optional[_Mapping[str, int]] = ..., align_p_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., excluded_sample_ids: _Optional[_Iterable[str]] = ..., offsets: _Optional[_Iterable[_Union[_common_pb2.OffsetRange, _Mapping]]] = ..., judge_ids: _Optional[_Iterable[str]] = ..., sources: _Optional[_Iterable[str]] = ..., sealed_at_ms: _Optional[int] = ..., schema_version: _Optional[int] = ..., sealed_by: _Optional[str] = ..., duplicate_positions: _Optional[_Iterable[_Union[_common_pb2.KafkaPosition, _Mapping]]] = ...) -> None: ...
 
 class PolicyRelease(_message.Message):
     __slots__ = ("version", "base_model_uri", "manifest_key", "eval_metrics", "promoted_at_ms")

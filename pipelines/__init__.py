@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines v2 definitions of the online loop: pipeline, compiler, multi-iteration driver."""

@@ -1,0 +1,84 @@
+"""What a training run leaves behind: the merged model ready to serve, and the per-step metrics.
+
+The merged model is a plain Hugging Face directory (LoRA folded into the base weights, safetensors, tokenizer
+included): a policy server loads it as any model, and the next online iteration trains from it. Its
+``weights_sha256`` (sha256 over the bytes of its ``*.safetensors`` files in name order) is the checkpoint hash
+recorded on every sample generated with it (``PolicyVersion.checkpoint_sha256``).
+
+Metrics are one JSON object per optimizer step, with the project's metric names (``loss/total``,
+``loss/mle``, ``loss/unlikelihood``, ``tokens/flagged_fraction``, ``throughput/tokens_per_s``, ``lr``,
+``detection/*`` when error spans are known).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from cutalign.cut.location import as_prefix, is_s3, resolve
+from cutalign.cut.modeling import merged_model
+from cutalign.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+def weights_sha256(directory: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory} holds no *.safetensors weights")
+    for path in files:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def export_merged(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    dest: str,
+    work_dir: Path,
+    store: ArtifactStore | None,
+) -> str:
+    """Merge, save to ``dest`` (a directory or ``s3://`` prefix) and return the weights' sha256.
+
+    Merging modifies ``model`` in place: call this once, after training.
+    """
+    local = work_dir / "export" if is_s3(dest) else Path(dest)
+    local.mkdir(parents=True, exist_ok=True)
+    merged = merged_model(model)
+    merged.save_pretrained(local, safe_serialization=True)
+    tokenizer.save_pretrained(local)
+    digest = weights_sha256(local)
+    if is_s3(dest):
+        bound, key = resolve(dest, store)
+        bound.upload_dir(as_prefix(key), local)
+    log.info("merged model written to %s (weights sha256 %s)", dest, digest)
+    return digest
+
+
+class MetricsLog:
+    """Per-step metrics appended to a local JSONL file (uploaded by the trainer when the output is S3)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def upload(self, dest: str, store: ArtifactStore | None) -> None:
+        bound, key = resolve(dest, store)
+        bound.put_file(key, self.path, content_type="application/x-ndjson")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,126 @@
+"""The demo's base model: ``init-model`` + the warm start, named by a hash of everything that made it.
+
+Building it is the slowest step of a first ``make demo`` (minutes on two cores), so it is cached in the
+artifact store under ``models/<name>-<hash>/`` (``cutalign.store.layout.base_model_prefix``). The hash covers
+the model shape, the task, the warm-start data knobs and the optimisation settings, plus a recipe version that
+is bumped whenever the code that builds the model changes meaning: a cached model is reused only if it was
+built by the same recipe, and changing any setting builds (and caches) a new one beside the old.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cutalign.demo.task import CountingTask, tokenizer_corpus, warm_start_examples
+from cutalign.demo.warmstart import WarmStartSettings, warm_start
+from cutalign.modelinit import ModelShape, init_model
+from cutalign.store import ArtifactStore, ObjectMissing
+from cutalign.store.layout import base_model_prefix
+
+log = logging.getLogger(__name__)
+
+RECIPE_VERSION = 1  # bump when the build below changes what a given spec produces
+SPEC_FILE = "cutalign-base-spec.json"  # written next to the weights: what the model was built from
+
+
+@dataclass(frozen=True)
+class WarmStartData:
+    """Knobs of :func:`cutalign.demo.task.warm_start_examples` (see its docstring)."""
+
+    n_plain: int = 2000
+    n_judged: int = 1000
+    n_habits: int = 8
+    corruption_rate: float = 0.7
+    habit_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Everything the demo's base model is a function of."""
+
+    name: str = "counting"
+    task: CountingTask = field(default_factory=CountingTask)
+    shape: ModelShape = field(default_factory=ModelShape)
+    data: WarmStartData = field(default_factory=WarmStartData)
+    training: WarmStartSettings = field(default_factory=WarmStartSettings)
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"recipe": RECIPE_VERSION, **asdict(self)}
+
+    @property
+    def fingerprint(self) -> str:
+        """12 hex digits of sha256 over the canonical JSON of the spec and the recipe version."""
+        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def key_prefix(self) -> str:
+        return base_model_prefix(f"{self.name}-{self.fingerprint}")
+
+
+def build_base_model(
+    spec: BaseModelSpec,
+    out_dir: Path,
+    *,
+    threads: int | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> Path:
+    """Random-init the model and warm-start it; ``out_dir`` (new or empty) receives the HF directory."""
+    with tempfile.TemporaryDirectory(prefix="cutalign-init-") as tmp:
+        initial = Path(tmp) / "init"
+        init_model(tokenizer_corpus(spec.task), initial, spec.shape, seed=spec.seed)
+        examples = warm_start_examples(
+            spec.task,
+            n_plain=spec.data.n_plain,
+            n_judged=spec.data.n_judged,
+            n_habits=spec.data.n_habits,
+            corruption_rate=spec.data.corruption_rate,
+            habit_share=spec.data.habit_share,
+            seed=spec.seed,
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        warm_start(initial, examples, spec.training, out_dir, threads=threads, on_step=on_step)
+    (out_dir / SPEC_FILE).write_text(json.dumps(spec.as_dict(), indent=2, sort_keys=True))
+    return out_dir
+
+
+def cached_base_model(
+    spec: BaseModelSpec,
+    store: ArtifactStore,
+    work_dir: Path,
+    *,
+    threads: int | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[str, bool]:
+    """(``s3://`` URI of the base model, whether it came from the cache): fetched if cached, else built and
+    uploaded. The spec file is written last, so a build interrupted mid-upload is rebuilt next time."""
+    prefix = spec.key_prefix
+    uri = store.uri(prefix).rstrip("/")
+    store.ensure_bucket()
+    if store.exists(prefix + SPEC_FILE):
+        log.info("base model %s found in the cache", uri)
+        return uri, True
+    local = build_base_model(
+        spec, work_dir / f"{spec.name}-{spec.fingerprint}", threads=threads, on_step=on_step
+    )
+    for path in sorted(p for p in local.iterdir() if p.is_file() and p.name != SPEC_FILE):
+        store.put_file(prefix + path.name, path)
+    store.put_file(prefix + SPEC_FILE, local / SPEC_FILE)
+    log.info("base model built and cached at %s", uri)
+    return uri, False
+
+
+def fetch_base_model(uri: str, store: ArtifactStore, directory: Path) -> Path:
+    """Download a cached base model (every object checksum-verified) into ``directory``."""
+    key = store.key_of(uri).rstrip("/") + "/"
+    try:
+        return store.download_dir(key, directory)
+    except ObjectMissing as e:
+        raise ObjectMissing(f"{uri} holds no base model; build it with `cutalign demo`") from e

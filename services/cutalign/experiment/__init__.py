@@ -1,0 +1,1 @@
+"""Baselines on identical data and compute: objectives compared over online iterations, in one process."""

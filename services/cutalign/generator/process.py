@@ -1,0 +1,100 @@
+"""Pure steps of the generator: validate and format a prompt, name and seed its samples, build a Sample.
+
+Kept free of I/O so the rules are easy to read and test: what is rejected (and with which dead-letter reason),
+how over-long prompts are truncated (and recorded), and how sample ids and seeds are derived —
+deterministically from the prompt id, so a prompt regenerated after a redelivery yields the same sample ids
+(and, with the same policy and seed, the same sampled text), which lets downstream consumers deduplicate by
+sample id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from cutalign.config import PolicySettings
+from cutalign.policy.client import Completion
+from cutalign.templates import get_template, join_input
+from cutalign.v1 import common_pb2, messages_pb2
+
+
+@dataclass(frozen=True)
+class Prepared:
+    text: str  # the formatted prompt sent to the policy
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str  # stable dead-letter reason code
+    detail: str
+
+
+def prepare_prompt(prompt: messages_pb2.Prompt, policy: PolicySettings, iteration: int) -> Prepared | Reject:
+    """Format ``prompt`` with the policy's template, or say why it cannot be generated for.
+
+    ``iteration`` is the one iteration this generator serves; 0 accepts every prompt's own iteration.
+    """
+    if not prompt.id:
+        return Reject(
+            "missing_prompt_id", "a Prompt needs an id: sample ids and deduplication derive from it"
+        )
+    if not prompt.instruction.strip():
+        return Reject("empty_prompt", f"prompt {prompt.id} has an empty instruction")
+    if iteration and prompt.iteration not in (0, iteration):
+        return Reject(
+            "iteration_mismatch",
+            f"prompt {prompt.id} is for iteration {prompt.iteration}; this generator serves {iteration} only "
+            "(CUTALIGN_GENERATOR_ITERATION=0 follows each prompt's iteration)",
+        )
+    template = get_template(policy.template)
+    text = template.format_plain(prompt.instruction, prompt.input)
+    if len(text) <= policy.max_prompt_chars:
+        return Prepared(text, truncated=False)
+    if not policy.truncate_long_prompts:
+        return Reject(
+            "prompt_too_long",
+            f"prompt {prompt.id} formats to {len(text)} characters, over policy.max_prompt_chars="
+            f"{policy.max_prompt_chars} (set policy.truncate_long_prompts to truncate instead)",
+        )
+    budget = policy.max_prompt_chars - len(template.format_plain(""))
+    if budget <= 0:
+        return Reject("prompt_too_long", f"the {policy.template!r} template alone exceeds max_prompt_chars")
+    # keep the template whole (the model must still see "### Response:"); cut the user's text at its end
+    return Prepared(
+        template.plain.format(instruction=join_input(prompt.instruction, prompt.input)[:budget]),
+        truncated=True,
+    )
+
+
+def sample_id(prompt_id: str, index: int) -> str:
+    return f"{prompt_id}#{index}"
+
+
+def sample_seed(base_seed: int, sid: str) -> int:
+    """A 63-bit seed derived from the base seed and the sample id: stable across restarts and machines."""
+    digest = hashlib.sha256(f"{base_seed}:{sid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def build_sample(
+    prompt: messages_pb2.Prompt,
+    index: int,
+    completion: Completion,
+    version: common_pb2.PolicyVersion,
+    iteration: int,
+    truncated: bool,
+) -> messages_pb2.Sample:
+    return messages_pb2.Sample(
+        id=sample_id(prompt.id, index),
+        prompt=prompt,
+        response=completion.text,
+        params=completion.params,
+        policy=version,
+        finish_reason=completion.finish_reason,
+        generated_tokens=completion.generated_tokens,
+        prompt_truncated=truncated,
+        created_at_ms=int(time.time() * 1000),
+        iteration=iteration or prompt.iteration,  # 0: the prompt's own iteration
+    )

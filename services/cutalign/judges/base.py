@@ -1,0 +1,127 @@
+"""The judge plug-in contract: what any judge, ours or a user's, must provide.
+
+A judge is **any class** with a method
+
+    judge(self, instruction: str, response: str, reference: dict | None) -> Judgment | tuple[str, bool]
+
+* ``instruction`` is the prompt's instruction (an Alpaca ``input``, if any, already appended after a newline);
+* ``response`` is the policy's response, exactly as generated;
+* ``reference`` is the prompt's extra fields (every JSONL key other than ``id``/``instruction``/``input``,
+  or the ``reference_json`` of a ``Prompt`` message), or ``None`` when the prompt has none.
+
+It returns either a :class:`Judgment` or a ``(text, positive)`` tuple. ``positive`` means the response needs
+no change (method page §1); a negative judgment must say in words what is wrong, because CUT conditions the
+response on that text (Align-N) and then blames the tokens whose probability the text raises. Judges may
+raise on a failed call (a network error, an unusable reference): the caller retries and dead-letters, and a
+failure never becomes a training example (the reference data's ``$ERROR$`` judgments are the defect this
+avoids).
+
+A judge may set ``id`` (a class attribute or property) to name itself on every judgment; the default is the
+class's import path. Its constructor takes keyword options only (``JudgeSettings.options_json``). The judge
+service calls ``judge`` from several threads at once (``JudgeSettings.concurrency``), so it must be
+thread-safe; a deterministic judge is easiest to test and to trust. Nothing else is required: a user's
+judge needs no import from this package and is found by dotted path ``package.module:Class`` or by a
+``cutalign.judges`` entry point in the user's own package metadata (see :mod:`cutalign.judges.loader`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+PERFECT = "Perfect."
+"""A positive judgment's text: what the reference judge was told to answer for a flawless response."""
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """One judgment of one response (the in-process result; the wire format is ``cutalign.v1.Judgment``).
+
+    ``error_spans`` are character spans ``[start, end)`` of the response that the judge blames, so detection
+    can be measured against known error positions (method page §8). A zero-width span at ``len(response)``
+    blames the end of the response itself, i.e. the model stopped where it should have gone on (the
+    end-of-sequence token is the wrong one, and it has no characters).
+    """
+
+    text: str
+    positive: bool
+    error_spans: list[tuple[int, int]] = field(default_factory=list)
+    judge_id: str = ""
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Structural type of a judge; implementations need not inherit from it."""
+
+    def judge(
+        self, instruction: str, response: str, reference: dict[str, Any] | None
+    ) -> Judgment | tuple[str, bool]: ...
+
+
+class InvalidJudgment(ValueError):
+    """A judge returned something that cannot become a training example."""
+
+
+def judge_id_of(judge: object) -> str:
+    """The judge's own ``id`` if it sets one, else its class's import path (``module:QualName``)."""
+    own = getattr(judge, "id", None)
+    if own:
+        return str(own)
+    cls = type(judge)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def normalize(
+    result: Judgment | tuple[str, bool], *, judge_id: str = "", response: str | None = None
+) -> Judgment:
+    """Turn a judge's return value into a checked :class:`Judgment`.
+
+    ``judge_id`` fills in a missing id. With ``response`` given, spans are checked to lie inside it. Raises
+    :class:`InvalidJudgment` for anything that would poison training: a non-bool polarity (``"no"`` is
+    truthy), a non-string text, a negative judgment with no text (Align-N would condition on nothing), a
+    reversed span.
+    """
+    if isinstance(result, Judgment):
+        judgment = result
+    elif isinstance(result, tuple) and len(result) == 2:
+        text, positive = result
+        judgment = Judgment(text=text, positive=positive)
+    else:
+        raise InvalidJudgment(
+            "a judge must return a Judgment or a (text, positive) tuple, "
+            f"got {type(result).__name__}: {result!r}"
+        )
+    if not isinstance(judgment.text, str):
+        raise InvalidJudgment(f"judgment text must be a str, got {type(judgment.text).__name__}")
+    if not isinstance(judgment.positive, bool):
+        raise InvalidJudgment(
+            f"judgment polarity must be a bool, got {type(judgment.positive).__name__} {judgment.positive!r}"
+        )
+    if not judgment.positive and not judgment.text.strip():
+        raise InvalidJudgment("a negative judgment needs text that says what is wrong; it was empty")
+    spans = [_check_span(span, response) for span in judgment.error_spans]
+    return Judgment(
+        text=judgment.text,
+        positive=judgment.positive,
+        error_spans=spans,
+        judge_id=judgment.judge_id or judge_id,
+    )
+
+
+def run_judge(judge: Judge, instruction: str, response: str, reference: dict[str, Any] | None) -> Judgment:
+    """Call ``judge`` and return its checked, id-stamped judgment (what services should call)."""
+    result = judge.judge(instruction, response, reference)
+    return normalize(result, judge_id=judge_id_of(judge), response=response)
+
+
+def _check_span(span: tuple[int, int], response: str | None) -> tuple[int, int]:
+    try:
+        start, end = (int(x) for x in span)
+    except (TypeError, ValueError) as e:
+        raise InvalidJudgment(f"an error span must be a pair of ints (start, end), got {span!r}") from e
+    limit = len(response) if response is not None else end
+    if not 0 <= start <= end <= limit:
+        raise InvalidJudgment(
+            f"error span {span!r} is not inside the response (0 <= start <= end <= {limit})"
+        )
+    return (start, end)

@@ -1,0 +1,100 @@
+"""Upload the compiled pipeline to Kubeflow Pipelines, once per distinct file: the chart's post-install hook.
+
+``helm install``/``upgrade`` runs ``python -m cutalign.k8s.pipeline_upload --file ... --name ...`` in a Job.
+The first run creates the pipeline; later runs add a version named after the file's sha256 only when the file
+changed, so an upgrade that does not touch the pipeline uploads nothing and a re-run hook is harmless.
+
+Credentials: in a multi-user Kubeflow, ``kfp.Client`` reads the service-account token the chart projects at
+``/var/run/secrets/kubeflow/pipelines/token`` (audience ``pipelines.kubeflow.org``); a standalone KFP needs
+none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineClient(Protocol):
+    """The part of ``kfp.Client`` the upload uses."""
+
+    def get_pipeline_id(self, name: str) -> str | None: ...
+
+    def upload_pipeline(
+        self, pipeline_package_path: str, pipeline_name: str | None = ..., description: str | None = ...
+    ) -> Any: ...
+
+    def upload_pipeline_version(
+        self, pipeline_package_path: str, pipeline_version_name: str, pipeline_id: str | None = ...
+    ) -> Any: ...
+
+    def list_pipeline_versions(
+        self,
+        pipeline_id: str,
+        page_token: str = ...,
+        page_size: int = ...,
+        sort_by: str = ...,
+        filter: str | None = ...,
+    ) -> Any: ...
+
+
+def version_name(path: Path) -> str:
+    """Content-addressed version name: the same file always maps to the same version."""
+    return "sha256-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def check_pipeline_file(path: Path) -> None:
+    """Fail before talking to KFP if the file is not a compiled KFP pipeline (IR YAML)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        raise FileNotFoundError(
+            f"{path} is missing or empty: run `make pipelines` so the chart ships pipelines/compiled/*.yaml"
+        )
+    doc = yaml.safe_load(path.read_text())
+    if not isinstance(doc, dict) or "pipelineInfo" not in doc or "root" not in doc:
+        raise ValueError(f"{path} is not a compiled KFP pipeline (no pipelineInfo/root): compile it with kfp")
+
+
+def upload(client: PipelineClient, path: Path, name: str, description: str) -> str:
+    """Create the pipeline or add this file as a new version; returns what was done, for the log."""
+    version = version_name(path)
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        client.upload_pipeline(str(path), pipeline_name=name, description=description)
+        return f"created pipeline {name!r}"
+    name_filter = json.dumps(
+        {"predicates": [{"key": "name", "operation": "EQUALS", "string_value": version}]}
+    )
+    existing = client.list_pipeline_versions(pipeline_id, filter=name_filter).pipeline_versions or []
+    if existing:
+        return f"pipeline {name!r} already has version {version!r}; nothing uploaded"
+    client.upload_pipeline_version(str(path), pipeline_version_name=version, pipeline_id=pipeline_id)
+    return f"added version {version!r} to pipeline {name!r}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--endpoint", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
+    parser.add_argument("--file", required=True, type=Path, help="Compiled pipeline IR YAML.")
+    parser.add_argument("--name", required=True, help="Pipeline name in the KFP UI.")
+    parser.add_argument("--namespace", default="kubeflow", help="KFP namespace (multi-user: the profile's).")
+    parser.add_argument("--description", default="cutalign online alignment iteration", help="Pipeline text.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    check_pipeline_file(args.file)
+
+    import kfp  # heavy; imported only when an upload really happens
+
+    client = kfp.Client(host=args.endpoint, namespace=args.namespace)
+    logger.info(upload(client, args.file, args.name, args.description))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The online loop through the real services, for the demo and `cutalign run`."""

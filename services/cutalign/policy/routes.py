@@ -1,0 +1,300 @@
+"""HTTP routes of the embedded policy server beyond KServe's v1/v2 protocols.
+
+KServe 0.21's own OpenAI data plane (``kserve.protocol.rest.openai``) imports vLLM's request types at import
+time, and vLLM cannot be installed beside torch 2.13 (``kserve[llm]`` pins torch 2.11). So the routes a policy
+client needs are added here to KServe's FastAPI app, with the wire formats of the servers the project deploys:
+
+* OpenAI-compatible: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (also under KServe's
+  ``/openai`` prefix) — what ``InferenceClient.chat_completion`` calls on TGI, vLLM and KServe alike;
+* TGI-native: ``POST /generate`` and ``POST /`` (``InferenceClient.text_generation``), ``GET /info``,
+  ``GET /health``;
+* policy admin: ``GET /v1/policy/version`` and ``POST /v1/policy/load`` (hot reload; bearer token if set).
+
+Finish reasons follow TGI (``eos_token``, ``stop_sequence``, ``length``) on every route, so clients can tell
+an EOS from a stop sequence. Every response names the exact policy that produced it (``policy_sha256``; also
+``system_fingerprint = "policy-sha256:<sha>"`` on chat). Streaming is not offered: requests are decoded in
+batches, and a stream request gets a 400 rather than a fake stream.
+
+A model without a chat template (a base model trained on the plain prompt templates) takes exactly one
+``user`` message whose content is used verbatim as the prompt, so the OpenAI route decodes the same tokens as
+the completions and TGI routes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.routing import APIRouter
+from kserve.errors import InvalidInput
+from pydantic import BaseModel, ConfigDict, Field
+
+from cutalign.policy.batching import Generated
+from cutalign.policy.generation import SamplingParams
+from cutalign.policy.loading import PolicyChecksumMismatch, PolicyLoadError
+from cutalign.policy.model import PolicyModel, parse_body, version_json
+from cutalign.store import ChecksumMismatch, ObjectMissing
+
+TGI_FINISH = {"eos": "eos_token", "stop": "stop_sequence", "length": "length"}
+FINGERPRINT_PREFIX = "policy-sha256:"
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class OpenAIParameters(BaseModel):
+    """The sampling fields of OpenAI requests that this server honours; any other field is a 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0)  # OpenAI semantics: 0 is greedy, anything else samples
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0)
+    n: int = Field(default=1, ge=1, le=16)
+    stream: Literal[False] = False
+
+
+class ChatRequest(OpenAIParameters):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(OpenAIParameters):
+    prompt: str | list[str]
+
+
+class TGIParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    do_sample: bool = False
+    temperature: float | None = Field(default=None, gt=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = Field(default=None, ge=0)
+    details: bool = False
+    decoder_input_details: Literal[False] = False
+    return_full_text: Literal[False] = False
+
+
+class TGIRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str = Field(min_length=1)
+    parameters: TGIParameters = Field(default_factory=TGIParameters)
+    stream: Literal[False] = False
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(min_length=1)
+    base_uri: str | None = None
+    model_id: str | None = None
+    iteration: int = Field(default=0, ge=0)
+    expected_sha256: str | None = None
+
+
+async def json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def _openai_sampling(model: PolicyModel, r: OpenAIParameters, choice: int) -> SamplingParams:
+    return model.sampling(
+        max_new_tokens=r.max_tokens,
+        do_sample=r.temperature > 0,
+        temperature=r.temperature or 1.0,
+        top_p=r.top_p,
+        stop=_stops(r.stop),
+        seed=None if r.seed is None else r.seed + choice,  # n choices from one seed must differ
+    )
+
+
+def _one_version(generated: list[Generated]) -> str:
+    shas = {g.version.checkpoint_sha256 for g in generated}
+    if len(shas) != 1:  # a hot reload landed between two rows of this request
+        raise HTTPException(503, "the policy changed while this request was decoded; retry it")
+    return shas.pop()
+
+
+def chat_prompt(model: PolicyModel, messages: list[ChatMessage]) -> str:
+    tokenizer = model.policy.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        text = str(
+            tokenizer.apply_chat_template(
+                [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+            )
+        )
+        bos = tokenizer.bos_token
+        return text[len(bos) :] if bos and text.startswith(bos) else text  # encoding adds BOS again
+    if len(messages) != 1 or messages[0].role != "user":
+        raise InvalidInput(
+            "this policy has no chat template: send exactly one 'user' message holding the formatted prompt"
+        )
+    return messages[0].content
+
+
+def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None = None) -> None:
+    """Add the OpenAI, TGI and admin routes for ``model`` to KServe's app (before KServe adds its own)."""
+    openai = APIRouter()
+
+    @openai.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> dict[str, Any]:
+        r = parse_body(ChatRequest, await json_body(request))
+        if not r.messages[-1].content:
+            raise InvalidInput("the last message is empty")
+        prompt = chat_prompt(model, r.messages)
+        generated = await model.generate([prompt] * r.n, [_openai_sampling(model, r, i) for i in range(r.n)])
+        sha = _one_version(generated)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model.name,
+            "system_fingerprint": FINGERPRINT_PREFIX + sha,
+            "policy_sha256": sha,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": g.result.text},
+                    "finish_reason": TGI_FINISH[g.result.finish_reason],
+                    "logprobs": None,
+                }
+                for i, g in enumerate(generated)
+            ],
+            "usage": _usage(generated),
+        }
+
+    @openai.post("/v1/completions")
+    async def completions(request: Request) -> dict[str, Any]:
+        r = parse_body(CompletionRequest, await json_body(request))
+        prompts = [r.prompt] if isinstance(r.prompt, str) else r.prompt
+        if not prompts or any(not p for p in prompts):
+            raise InvalidInput("prompt must be a non-empty string or a list of non-empty strings")
+        rows = [(p, _openai_sampling(model, r, i)) for p in prompts for i in range(r.n)]
+        generated = await model.generate([p for p, _ in rows], [sp for _, sp in rows])
+        sha = _one_version(generated)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model.name,
+            "system_fingerprint": FINGERPRINT_PREFIX + sha,
+            "policy_sha256": sha,
+            "choices": [
+                {
+                    "index": i,
+                    "text": g.result.text,
+                    "finish_reason": TGI_FINISH[g.result.finish_reason],
+                    "logprobs": None,
+                }
+                for i, g in enumerate(generated)
+            ],
+            "usage": _usage(generated),
+        }
+
+    app.include_router(openai)
+    app.include_router(openai, prefix="/openai")  # KServe's OpenAI route prefix
+
+    async def tgi_generate(request: Request) -> dict[str, Any]:
+        r = parse_body(TGIRequest, await json_body(request))
+        p = r.parameters
+        # TGI samples when asked to, or when a warper (temperature/top_p) is set
+        do_sample = p.do_sample or (p.temperature not in (None, 1.0)) or (p.top_p not in (None, 1.0))
+        params = model.sampling(
+            max_new_tokens=p.max_new_tokens,
+            do_sample=do_sample,
+            temperature=p.temperature or 1.0,
+            top_p=p.top_p or 1.0,
+            stop=p.stop,
+            seed=p.seed,
+        )
+        g = (await model.generate([r.inputs], [params]))[0]
+        out: dict[str, Any] = {"generated_text": g.result.text, "policy_sha256": g.version.checkpoint_sha256}
+        if p.details:
+            out["details"] = {
+                "finish_reason": TGI_FINISH[g.result.finish_reason],
+                "generated_tokens": g.result.generated_tokens,
+                "seed": p.seed if do_sample else None,
+                "prefill": [],
+                "tokens": [],
+            }
+        return out
+
+    @app.post("/generate")
+    async def generate(request: Request) -> dict[str, Any]:
+        return await tgi_generate(request)
+
+    @app.post("/")
+    async def compat_generate(request: Request) -> list[dict[str, Any]]:
+        return [await tgi_generate(request)]  # TGI's root route answers with a list
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        """TGI's ``/info`` shape (``model_id``, ``model_sha``), plus the full policy version."""
+        policy = model.policy
+        limit = getattr(policy.model.config, "max_position_embeddings", None)
+        return {
+            "model_id": policy.version.model_id,
+            "model_sha": policy.version.checkpoint_sha256,
+            "model_dtype": str(policy.model.dtype),
+            "model_device_type": policy.model.device.type,
+            "max_total_tokens": limit,
+            "max_batch_size": model.settings.max_batch_size,
+            "router": "cutalign-policy-server",
+            "policy": version_json(policy.version),
+        }
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        if not model.ready:
+            raise HTTPException(503, "policy not loaded")
+        return {"ready": True}
+
+    @app.get("/v1/policy/version")
+    async def policy_version() -> dict[str, Any]:
+        return {"policy": version_json(model.version)}
+
+    @app.post("/v1/policy/load")
+    async def policy_load(request: Request) -> dict[str, Any]:
+        if admin_token is not None:
+            sent = request.headers.get("authorization", "")
+            if not secrets.compare_digest(sent.encode(), f"Bearer {admin_token}".encode()):
+                raise HTTPException(401, "POST /v1/policy/load needs 'Authorization: Bearer <admin token>'")
+        r = parse_body(LoadRequest, await json_body(request))
+        try:
+            previous, current = await model.reload(
+                r.uri,
+                base_uri=r.base_uri,
+                model_id=r.model_id,
+                iteration=r.iteration,
+                expected_sha256=r.expected_sha256,
+            )
+        except (ChecksumMismatch, PolicyChecksumMismatch) as e:
+            raise HTTPException(409, str(e)) from e
+        except (PolicyLoadError, ObjectMissing, FileNotFoundError) as e:
+            raise InvalidInput(f"cannot load {r.uri}: {e}") from e
+        return {"previous": version_json(previous), "policy": version_json(current)}
+
+
+def _usage(generated: list[Generated]) -> dict[str, int]:
+    prompt = sum(g.result.prompt_tokens for g in generated)
+    completion = sum(g.result.generated_tokens for g in generated)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -1,0 +1,121 @@
+"""The embedded policy server: ``python -m cutalign.policy.server --policy_uri DIR_OR_S3 [--http_port 8080]``.
+
+A ``kserve.ModelServer`` serving one ``PolicyModel`` (see ``model.py``) with the OpenAI, TGI and admin routes
+of ``routes.py``. The command line is KServe's own parser (``--http_port``, ``--model_name``, ``--workers``,
+...) plus one flag per ``PolicyServerSettings`` field, whose defaults come from ``CUTALIGN_POLICY_SERVER_*``
+— so the same names work as flags, environment variables and Helm values. S3 access uses ``CUTALIGN_S3_*``.
+
+KServe listens on 0.0.0.0 (it has no bind option); inside a pod that is what the Service needs. On a laptop
+call it on 127.0.0.1. gRPC is off by default (the policy clients speak HTTP). One worker process: batching
+happens inside a process, so scale out with replicas, not ``--workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import types
+import typing
+from typing import Any
+
+from pydantic import SecretStr
+
+from cutalign.config import PolicyServerSettings, S3Settings
+
+log = logging.getLogger(__name__)
+
+
+def _strtobool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def _flag_type(annotation: Any) -> dict[str, Any]:
+    """argparse ``type``/``choices`` for a settings field annotation (``X | None`` accepts X)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return {"choices": list(typing.get_args(annotation))}
+    if annotation is bool:
+        return {"type": _strtobool}
+    if annotation in (int, float):
+        return {"type": annotation}
+    return {"type": str}
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from kserve import model_server  # imported here: it parses sys.argv at import time
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        parents=[model_server.parser],
+        description="Serve a cutalign policy (causal LM, LoRA or merged) with batching and hot reload.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from_env = PolicyServerSettings()  # values from the environment
+    for name, field in PolicyServerSettings.model_fields.items():
+        default = getattr(from_env, name)
+        if isinstance(default, SecretStr):
+            default = None  # never print a secret in --help; an unset flag falls back to the environment
+        parser.add_argument(
+            f"--{name}", default=default, help=field.description, **_flag_type(field.annotation)
+        )
+    parser.set_defaults(model_name="policy", enable_grpc=False)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> PolicyServerSettings:
+    """Flags win; a flag left unset (None) falls back to its ``CUTALIGN_POLICY_SERVER_*`` variable."""
+    given = {name: getattr(args, name) for name in PolicyServerSettings.model_fields}
+    return PolicyServerSettings(**{name: value for name, value in given.items() if value is not None})
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    if not settings.policy_uri:
+        parser.error(
+            "--policy_uri (or CUTALIGN_POLICY_SERVER_POLICY_URI) is required: a directory or s3:// prefix"
+        )
+    if args.workers != 1:
+        parser.error("--workers must be 1: requests are batched inside one process; scale with replicas")
+
+    import kserve
+    import torch
+    import transformers
+    from kserve import model_server
+
+    from cutalign.policy.model import PolicyModel
+    from cutalign.policy.routes import register_routes
+
+    transformers.utils.logging.disable_progress_bar()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    uses_s3 = settings.watch_current or any(
+        (u or "").startswith("s3://") for u in (settings.policy_uri, settings.base_model_uri)
+    )
+    model = PolicyModel(args.model_name, settings, S3Settings() if uses_s3 else None)
+    model.load()
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    register_routes(model_server.app, model, admin_token=token)
+    kserve.ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+    ).start([model])
+
+
+if __name__ == "__main__":
+    main()

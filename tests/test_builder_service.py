@@ -1,0 +1,132 @@
+"""The target builder service against the real broker and S3: bad input, restarts, the seal endpoint."""
+
+from __future__ import annotations
+
+import httpx
+from builder_support import (
+    builder_settings,
+    dead_letters,
+    judgment,
+    running_builder,
+    wait_caught_up,
+)
+from confluent_kafka import Producer
+from cutalign.builder import Accepted, Rules, process, read_sealed_examples
+from cutalign.builder.shards import write_shard
+from cutalign.builder.wire import LenientJudgment
+from cutalign.bus import TypedConsumer, TypedProducer, provision_topics
+from cutalign.bus.config import client_config
+from cutalign.config import KafkaSettings, S3Settings
+from cutalign.store import ArtifactStore, layout
+from cutalign.v1 import training_pb2
+
+
+def _seal(port: int | None, iteration: int) -> dict:
+    response = httpx.post(f"http://127.0.0.1:{port}/seal?iteration={iteration}", timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _sealed_ids(store: ArtifactStore, iteration: int) -> list[str]:
+    """Every sample id of a sealed iteration, downsampled positives included, read back from its shards."""
+    manifest = store.get_manifest(layout.iteration_manifest_key(iteration), training_pb2.IterationManifest)
+    return [e.sample_id for e in read_sealed_examples(store, manifest)] + list(manifest.excluded_sample_ids)
+
+
+def test_bad_input_is_dead_lettered_with_distinct_reasons_while_the_builder_keeps_running(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    provision_topics(kafka_settings)
+    topic = kafka_settings.topic_judgments
+    settings = builder_settings(unique_name, align_p_ratio=1.0)
+    with running_builder(kafka_settings, s3_settings, settings, store) as builder:
+        with TypedProducer(kafka_settings, service="test") as producer:
+            for i in range(10):
+                producer.send(topic, judgment(i, positive=i % 2 == 0), key=f"p{i}#0")
+            good = judgment(99, positive=False).SerializeToString()
+            producer.send_raw(topic, good[:-7], "truncated", "cutalign.v1.Judgment")
+            huge = judgment(98, positive=False)
+            huge.text = "x" * (5 * 1024 * 1024)
+            producer.send(topic, huge, key="huge")
+            utf8 = good.replace(b"Count from", b"Count \xc3\x28om")  # same length, invalid UTF-8
+            producer.send_raw(topic, utf8, "bad-utf8", "cutalign.v1.Judgment")
+        raw = Producer(client_config(kafka_settings, client_suffix="test-raw"))
+        raw.produce(
+            topic, good, key=b"v2", headers=[("schema", b"cutalign.v1.Judgment"), ("schema-version", b"2")]
+        )
+        raw.flush(10)
+        with TypedProducer(kafka_settings, service="test") as producer:  # after the bad ones: still built
+            for i in range(10, 20):
+                producer.send(topic, judgment(i, positive=i % 2 == 0), key=f"p{i}#0")
+            for i in range(5):  # re-sent by their producer: no second example
+                producer.send(topic, judgment(i, positive=i % 2 == 0), key=f"p{i}#0")
+        wait_caught_up(kafka_settings, unique_name)
+        summary = _seal(builder.http_port, 1)
+        metrics = httpx.get(f"http://127.0.0.1:{builder.http_port}/metrics").text
+        stats = builder.stats
+
+    assert summary["counts_before_downsampling"] == {"ALIGN_P": 10, "ALIGN_N_MISALIGN": 10}
+    assert sorted(_sealed_ids(store, 1)) == sorted(f"p{i}#0" for i in range(20))
+    assert stats.duplicates == 5 and stats.dead_lettered == 4
+    letters = {d.original_key.decode(): d for d in dead_letters(kafka_settings)}
+    assert {k: d.reason for k, d in letters.items()} == {
+        "truncated": "decode_error",
+        "huge": "oversize_text",
+        "bad-utf8": "invalid_utf8",
+        "v2": "unknown_schema_version",
+    }
+    assert letters["bad-utf8"].detail == "field sample.prompt.instruction is not valid UTF-8"
+    assert letters["huge"].original_value == huge.SerializeToString()  # replayable as it was
+    assert 'cutalign_builder_dead_lettered_total{reason="invalid_utf8"}' in metrics
+    assert 'cutalign_builder_examples_total{kind="ALIGN_P"}' in metrics
+
+
+def test_a_restarted_builder_does_not_duplicate_what_a_crashed_one_published(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    provision_topics(kafka_settings)
+    topic = kafka_settings.topic_judgments
+    with TypedProducer(kafka_settings, service="test") as producer:
+        for i in range(60):
+            producer.send(topic, judgment(i, positive=i % 3 == 0), key=f"p{i}#0")
+    # A builder built and published the first judgments of each partition, then crashed before committing.
+    published: dict[int, list[training_pb2.TrainingExample]] = {}
+    with TypedConsumer(
+        kafka_settings, group_id=f"{unique_name}-crashed", topics=[topic], message_type=LenientJudgment,
+        service="crashed",
+    ) as crashed:  # fmt: skip
+        seen = 0
+        while seen < 60:
+            for envelope in crashed.poll_batch(100, 0.5):
+                seen += 1
+                outcome = process(envelope, Rules(1, 1, 65536))
+                assert isinstance(outcome, Accepted)
+                if envelope.offset < 12:
+                    published.setdefault(envelope.partition, []).append(outcome.example)
+    for examples in published.values():
+        write_shard(store, 1, examples)
+    already = sum(len(v) for v in published.values())
+
+    settings = builder_settings(unique_name, align_p_ratio=10.0)
+    with running_builder(kafka_settings, s3_settings, settings, store) as builder:
+        wait_caught_up(kafka_settings, unique_name)
+        summary = _seal(builder.http_port, 1)
+        stats = builder.stats
+    assert stats.duplicates == already and stats.examples == 60 - already
+    assert summary["duplicates"] == 0  # the ledger kept them out of new shards altogether
+    ids = _sealed_ids(store, 1)
+    assert sorted(ids) == sorted(f"p{i}#0" for i in range(60))
+
+
+def test_seal_endpoint_answers_errors_with_the_fix(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    provision_topics(kafka_settings)
+    with running_builder(kafka_settings, s3_settings, builder_settings(unique_name), store) as builder:
+        base = f"http://127.0.0.1:{builder.http_port}"
+        assert httpx.post(f"{base}/seal").status_code == 400
+        empty = httpx.post(f"{base}/seal?iteration=1", timeout=30)
+        future = httpx.post(f"{base}/seal?iteration=5", timeout=30)
+        assert httpx.get(f"{base}/readyz").status_code == 200
+    assert empty.status_code == 409 and "no published shards" in empty.json()["error"]
+    assert future.status_code == 409 and "not open yet" in future.json()["error"]
