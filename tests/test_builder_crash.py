@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from builder_support import committed_lag, dead_letters, judgment, wait_caught_up
+from builder_support import committed, dead_letters, judgment, wait_committed
 from cutalign.builder import read_sealed_examples, seal_iteration
 from cutalign.builder.shards import list_shard_manifests
 from cutalign.bus import TypedProducer, provision_topics
@@ -114,7 +114,6 @@ def test_sigkilled_builder_yields_every_valid_judgment_exactly_once(
         "CUTALIGN_BUILDER_SHARD_MAX_SECONDS": "0.2",
     }
     log = tmp_path / "builder.log"
-    topic = kafka_settings.topic_judgments
 
     def produce() -> None:
         with TypedProducer(kafka_settings, service="test") as producer:
@@ -129,17 +128,14 @@ def test_sigkilled_builder_yields_every_valid_judgment_exactly_once(
     kills = 0
     try:
         for _ in range(4):
-            shards, lag = (
-                len(list_shard_manifests(store, 1)),
-                committed_lag(kafka_settings, unique_name, topic),
-            )
+            shards, done = len(list_shard_manifests(store, 1)), committed(kafka_settings, unique_name)
             proc = _builder(env, log)
             deadline = time.monotonic() + 30
             while True:  # wait until it is building (or has nothing left to build), then kill it mid-work
                 assert proc.poll() is None, f"builder exited early:\n{log.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, f"builder made no progress:\n{log.read_text()[-3000:]}"
-                now = committed_lag(kafka_settings, unique_name, topic)
-                if len(list_shard_manifests(store, 1)) > shards or now < lag or now == 0:
+                now = committed(kafka_settings, unique_name)
+                if len(list_shard_manifests(store, 1)) > shards or now > done or now == TOTAL:
                     break
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, 0.8))
@@ -150,7 +146,7 @@ def test_sigkilled_builder_yields_every_valid_judgment_exactly_once(
         port = _free_port()
         proc = _builder({**env, "CUTALIGN_BUILDER_HTTP_PORT": str(port)}, log)
         _wait_ready(port, proc, log)
-        wait_caught_up(kafka_settings, unique_name, timeout_s=60)
+        wait_committed(kafka_settings, unique_name, TOTAL)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, f"no clean exit on SIGTERM:\n{log.read_text()[-3000:]}"
     finally:

@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from builder_support import builder_settings, dead_letters, judgment, running_builder, wait_caught_up
+from builder_support import builder_settings, dead_letters, judgment, running_builder, wait_committed
 from cutalign.builder import read_sealed_examples, seal_iteration
 from cutalign.builder.shards import list_shard_manifests, read_shard
 from cutalign.bus import TypedProducer, provision_topics
@@ -52,13 +52,13 @@ def test_late_judgments_move_to_the_open_iteration_or_are_dead_lettered(
     settings = builder_settings(unique_name, late_policy=policy, align_p_ratio=10.0)
     with running_builder(kafka_settings, s3_settings, settings, store) as builder:
         _send(kafka_settings, range(10), iteration=1)
-        wait_caught_up(kafka_settings, unique_name)
+        wait_committed(kafka_settings, unique_name, 10)
         _seal_http(builder.http_port, 1)
         assert builder.open == 2
         _send(kafka_settings, range(100, 105), iteration=1)  # late for the sealed iteration 1
         _send(kafka_settings, range(3, 4), iteration=1)  # a re-sent judgment that iteration 1 holds
         _send(kafka_settings, range(200, 205), iteration=2)
-        wait_caught_up(kafka_settings, unique_name)
+        wait_committed(kafka_settings, unique_name, 10 + 5 + 1 + 5)
         _seal_http(builder.http_port, 2)
         stats = builder.stats
     assert stats.duplicates == 1
@@ -117,7 +117,7 @@ def test_seals_by_another_process_while_judgments_stream_lose_and_duplicate_noth
             seal_iteration(store, settings, iteration, sealed_by="cli")  # another process, racing the builder
             sealed.append(iteration)
         producer.join()
-        wait_caught_up(kafka_settings, unique_name)
+        wait_committed(kafka_settings, unique_name, total)
         stats = builder.stats
     last = sealed[-1] + 1
     seal_iteration(store, settings, last)
@@ -150,7 +150,7 @@ def test_iterations_seal_automatically(
         while not store.exists(layout.iteration_manifest_key(1)):
             assert time.monotonic() < deadline, "iteration 1 was not sealed automatically"
             time.sleep(0.1)
-        wait_caught_up(kafka_settings, unique_name)
+        wait_committed(kafka_settings, unique_name, 30)
         opened = builder.open
     manifest = _manifest(store, 1)
     assert manifest.sealed_by.startswith(f"auto:{trigger}@")

@@ -8,7 +8,7 @@ from builder_support import (
     dead_letters,
     judgment,
     running_builder,
-    wait_caught_up,
+    wait_committed,
 )
 from confluent_kafka import Producer
 from cutalign.builder import Accepted, Rules, process, read_sealed_examples
@@ -51,29 +51,32 @@ def test_bad_input_is_dead_lettered_with_distinct_reasons_while_the_builder_keep
             utf8 = good.replace(b"Count from", b"Count \xc3\x28om")  # same length, invalid UTF-8
             producer.send_raw(topic, utf8, "bad-utf8", "cutalign.v1.Judgment")
         raw = Producer(client_config(kafka_settings, client_suffix="test-raw"))
-        raw.produce(
-            topic, good, key=b"v2", headers=[("schema", b"cutalign.v1.Judgment"), ("schema-version", b"2")]
-        )
+        for key, schema, version in (
+            (b"v2", b"cutalign.v1.Judgment", b"2"),
+            (b"prompt", b"cutalign.v1.Prompt", b"1"),
+        ):
+            raw.produce(topic, good, key=key, headers=[("schema", schema), ("schema-version", version)])
         raw.flush(10)
         with TypedProducer(kafka_settings, service="test") as producer:  # after the bad ones: still built
             for i in range(10, 20):
                 producer.send(topic, judgment(i, positive=i % 2 == 0), key=f"p{i}#0")
             for i in range(5):  # re-sent by their producer: no second example
                 producer.send(topic, judgment(i, positive=i % 2 == 0), key=f"p{i}#0")
-        wait_caught_up(kafka_settings, unique_name)
+        wait_committed(kafka_settings, unique_name, 10 + 5 + 10 + 5)
         summary = _seal(builder.http_port, 1)
         metrics = httpx.get(f"http://127.0.0.1:{builder.http_port}/metrics").text
         stats = builder.stats
 
     assert summary["counts_before_downsampling"] == {"ALIGN_P": 10, "ALIGN_N_MISALIGN": 10}
     assert sorted(_sealed_ids(store, 1)) == sorted(f"p{i}#0" for i in range(20))
-    assert stats.duplicates == 5 and stats.dead_lettered == 4
+    assert stats.duplicates == 5 and stats.dead_lettered == 5
     letters = {d.original_key.decode(): d for d in dead_letters(kafka_settings)}
     assert {k: d.reason for k, d in letters.items()} == {
         "truncated": "decode_error",
         "huge": "oversize_text",
         "bad-utf8": "invalid_utf8",
         "v2": "unknown_schema_version",
+        "prompt": "wrong_schema",
     }
     assert letters["bad-utf8"].detail == "field sample.prompt.instruction is not valid UTF-8"
     assert letters["huge"].original_value == huge.SerializeToString()  # replayable as it was
@@ -109,13 +112,45 @@ def test_a_restarted_builder_does_not_duplicate_what_a_crashed_one_published(
 
     settings = builder_settings(unique_name, align_p_ratio=10.0)
     with running_builder(kafka_settings, s3_settings, settings, store) as builder:
-        wait_caught_up(kafka_settings, unique_name)
+        wait_committed(kafka_settings, unique_name, 60)
         summary = _seal(builder.http_port, 1)
         stats = builder.stats
     assert stats.duplicates == already and stats.examples == 60 - already
     assert summary["duplicates"] == 0  # the ledger kept them out of new shards altogether
     ids = _sealed_ids(store, 1)
     assert sorted(ids) == sorted(f"p{i}#0" for i in range(60))
+
+
+def test_two_builders_hand_partitions_over_without_loss_or_duplicates(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    """Two builders share the group; one stops mid-stream and the other takes its partitions over."""
+    provision_topics(kafka_settings)
+    topic = kafka_settings.topic_judgments
+    settings = builder_settings(unique_name, align_p_ratio=10.0, shard_max_examples=20, shard_max_seconds=0.1)
+
+    def send(ids: range) -> int:
+        """Judgments of ``ids``, every seventh sent twice (a producer retry); returns messages sent."""
+        sent = 0
+        with TypedProducer(kafka_settings, service="test") as producer:
+            for i in ids:
+                for _ in range(2 if i % 7 == 0 else 1):
+                    producer.send(topic, judgment(i, positive=i % 3 == 0), key=f"p{i}#0")
+                    sent += 1
+        return sent
+
+    with running_builder(kafka_settings, s3_settings, settings, store) as first:
+        with running_builder(kafka_settings, s3_settings, settings, store) as second:
+            sent = send(range(300))
+            wait_committed(kafka_settings, unique_name, sent)
+            assert first.stats.examples and second.stats.examples, "both builders built a share"
+            sent += send(range(300, 450))
+        sent += send(range(450, 600))  # the second one has left: the first builds everything now
+        wait_committed(kafka_settings, unique_name, sent)
+        summary = _seal(first.http_port, 1)
+    assert first.stats.examples + second.stats.examples == 600
+    assert summary["counts_before_downsampling"] == {"ALIGN_P": 200, "ALIGN_N_MISALIGN": 400}
+    assert sorted(_sealed_ids(store, 1)) == sorted(f"p{i}#0" for i in range(600))
 
 
 def test_seal_endpoint_answers_errors_with_the_fix(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cutalign.builder import EmptyIteration, ShardConflict, read_sealed_examples, seal_iteration
@@ -134,3 +137,19 @@ def test_an_interrupted_seal_is_completed_with_the_sealer_parameters(store: Arti
     assert (manifest.align_p_ratio, manifest.seed, manifest.sealed_by) == (1.0, 3, "cli")
     assert manifest.counts_by_kind["ALIGN_P"] == 10
     assert complete_seal(store, 2) == manifest
+
+
+def test_cli_seals_an_iteration_and_prints_its_summary(store: ArtifactStore, env_for: dict[str, str]) -> None:
+    write_shard(store, 3, _batch(0, 29))
+    cutalign = str(Path(sys.executable).parent / "cutalign")
+    cli = [cutalign, "builder", "seal", "--align-p-ratio", "1", "--iteration", "3"]
+    done = subprocess.run(cli, env=env_for, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["manifest"] == store.uri(layout.iteration_manifest_key(3))
+    assert summary["counts_by_kind"] == {"ALIGN_P": 10, "ALIGN_N_MISALIGN": 10}
+    assert summary["sealed_by"] == "cli"
+    again = subprocess.run([*cli, "--seed", "5"], env=env_for, capture_output=True, text=True, timeout=60)
+    assert json.loads(again.stdout) == summary  # sealed once; a second seal returns the same manifest
+    empty = subprocess.run([*cli[:-1], "4"], env=env_for, capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 1 and "no published shards" in empty.stderr

@@ -154,3 +154,35 @@ def test_consumer_killed_mid_stream_resumes_from_committed_offset(
     everything = {f"p{i}#0" for i in range(40)}
     assert committed | rest == everything, "a message was lost across the kill"
     assert not committed & rest, "a committed message was delivered again"
+
+
+def test_oversize_malformed_message_is_dead_lettered_truncated(
+    kafka_settings: KafkaSettings, unique_name: str
+) -> None:
+    """A dead-letter record must fit on its topic, or the bad message would block its partition forever."""
+    settings = kafka_settings.model_copy(update={"max_message_bytes": 80 * 1024})
+    provision_topics(settings)
+    garbage = b"\xff" * (70 * 1024)
+    with TypedProducer(settings, service="test") as producer:
+        producer.send_raw(settings.topic_samples, garbage, "huge", "cutalign.v1.Sample")
+        producer.send(settings.topic_samples, _sample(1), key="p1#0")
+    with TypedConsumer(
+        settings,
+        group_id=unique_name,
+        topics=[settings.topic_samples],
+        message_type=messages_pb2.Sample,
+        service="test",
+    ) as consumer:
+        assert [e.message.id for e in _drain(consumer, 1)] == ["p1#0"]
+        assert consumer.commit()
+    with TypedConsumer(
+        settings,
+        group_id=f"{unique_name}-dlq",
+        topics=[settings.topic_deadletter],
+        message_type=training_pb2.DeadLetter,
+        service="test",
+    ) as dlq:
+        (letter,) = [e.message for e in _drain(dlq, 1)]
+    assert letter.reason == "decode_error"
+    assert len(letter.original_value) == 16 * 1024
+    assert letter.detail.startswith("[original value truncated from 71680 to 16384 bytes]")

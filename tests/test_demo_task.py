@@ -163,12 +163,18 @@ def test_warm_start_mix_follows_the_knobs_and_judgments_agree_with_the_judge() -
         if e.judgment is not None:
             assert e.judgment == verdict.text and not verdict.positive
     assert {e.kind for e in judged} == {*CORRUPTIONS, "habit"}
-    judged_habits = [e for e in judged if e.kind == "habit"]
-    assert (
-        0.1 < len(judged_habits) / len(judged) < 0.4
-    )  # habit_share 0.5 of the judged pairs that pass a habit
-    for e in judged_habits:  # the habits' own mistakes, judged: what the online loop will judge
-        assert e.response == with_habits(e.start, e.end, habits, 1.0, random.Random(0))
+    # judged pairs that pass a habit show the habits' own mistakes (what the online loop will judge), the
+    # others one random mistake: the judgment context never contradicts a habit
+    for e in judged:
+        passes = habit_free_fraction([make_prompt(e.start, e.end)], habits) == 0.0
+        assert (e.kind == "habit") == passes
+        if passes:
+            assert e.response == with_habits(e.start, e.end, habits, 1.0, random.Random(0))
+    mixed = warm_start_examples(task, n_plain=0, n_judged=300, habit_share=0.5, seed=5)
+    passing_kinds = [
+        e.kind for e in mixed if habit_free_fraction([make_prompt(e.start, e.end)], habits) == 0.0
+    ]
+    assert 0.3 < passing_kinds.count("habit") / len(passing_kinds) < 0.7
     train = set(task.split()[0])
     assert all((e.start, e.end) in train for e in examples)
     assert examples == warm_start_examples(task, n_plain=400, n_judged=200, corruption_rate=0.7, seed=5)

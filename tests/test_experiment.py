@@ -34,11 +34,10 @@ class ParityJudge:
     id = "parity-test"
 
     def judge(self, instruction: str, response: str, reference: dict[str, Any] | None) -> Judgment:
-        if len(response) % 2 == 0:
+        if int(instruction.split()[2]) % 2 == 0:  # "Count from S to E.": even S
             return Judgment("Perfect.", True)
-        return Judgment(
-            f"The first character {response[:1]!r} is wrong.", False, [(0, min(1, len(response)))]
-        )
+        blamed = [(0, min(1, len(response)))]
+        return Judgment(f"The first character {response[:1]!r} is wrong.", False, blamed)
 
 
 def test_span_modes_accept_a_micro_batch_without_negatives() -> None:

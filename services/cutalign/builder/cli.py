@@ -6,8 +6,9 @@ import json
 
 import typer
 
+from cutalign.builder.requests import manifest_summary
 from cutalign.builder.seal import EmptyIteration, seal_iteration
-from cutalign.builder.service import main, manifest_summary
+from cutalign.builder.service import main
 from cutalign.config import BuilderSettings, S3Settings
 from cutalign.store import ArtifactStore
 

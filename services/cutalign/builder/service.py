@@ -29,22 +29,21 @@ SIGTERM: the batch in hand is processed, every buffer published, the offsets com
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import signal
 import socket
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from confluent_kafka import KafkaException
 from google.protobuf.message import Message
 
 from cutalign.builder import metrics
 from cutalign.builder.ledger import Ledger
+from cutalign.builder.requests import SealRequests, manifest_summary
 from cutalign.builder.seal import EmptyIteration, complete_seal, open_iteration, seal_iteration
 from cutalign.builder.shards import write_shard
 from cutalign.builder.validate import (
@@ -59,7 +58,7 @@ from cutalign.builder.wire import LenientJudgment
 from cutalign.bus import Envelope, TypedConsumer
 from cutalign.config import BuilderSettings, KafkaSettings, S3Settings
 from cutalign.observability import HealthServer, configure_logging
-from cutalign.store import ArtifactStore, ChecksumMismatch, layout
+from cutalign.store import ArtifactStore, ChecksumMismatch
 from cutalign.v1 import training_pb2
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,6 @@ SERVICE = "target-builder"
 POLL_MAX_MESSAGES = 1000
 LAG_EVERY_S = 15.0  # the bus reads fresh watermarks from the broker: a round trip per partition
 SHARD_WRITERS = 8  # shards of one flush go up concurrently (S3 latency, not CPU, bounds a flush)
-SEAL_REQUEST_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -88,33 +86,8 @@ class RunStats:
     seals: int = 0
 
 
-@dataclass
-class _SealRequest:
-    iteration: int
-    done: threading.Event = field(default_factory=threading.Event)
-    status: int = 500
-    body: dict[str, object] = field(default_factory=dict)
-
-    def answer(self, status: int, body: dict[str, object]) -> None:
-        self.status, self.body = status, body
-        self.done.set()
-
-
-def manifest_summary(store: ArtifactStore, manifest: training_pb2.IterationManifest) -> dict[str, object]:
-    return {
-        "iteration": manifest.iteration,
-        "manifest": store.uri(layout.iteration_manifest_key(manifest.iteration)),
-        "shards": len(manifest.shards),
-        "counts_by_kind": dict(manifest.counts_by_kind),
-        "counts_before_downsampling": dict(manifest.counts_before_downsampling),
-        "excluded": len(manifest.excluded_sample_ids),
-        "duplicates": len(manifest.duplicate_positions),
-        "sealed_by": manifest.sealed_by,
-    }
-
-
 class TargetBuilder:
-    """One builder process: ``serve`` runs the loop; ``seal_route`` is its ``POST /seal`` handler."""
+    """One builder process: ``serve`` runs the loop (and the HTTP endpoints) until stopped."""
 
     def __init__(
         self,
@@ -137,7 +110,7 @@ class TargetBuilder:
         self._buffered_ids: set[str] = set()
         self._oldest: float | None = None
         self._needs_refresh = False
-        self._requests: queue.Queue[_SealRequest] = queue.Queue()
+        self._requests = SealRequests()
         self._own_dead_letters = 0
         self._bus_dead_letters = 0
         self._host = socket.gethostname()
@@ -151,7 +124,7 @@ class TargetBuilder:
         health = HealthServer(
             self.settings.http_port,
             ready=lambda: self.ready.is_set() and not stop_event.is_set(),
-            post_routes={"/seal": self.seal_route},
+            post_routes={"/seal": self._requests.route},
         ).start()
         self.http_port = health.port
         log.info("target builder starting", extra={"open_iteration": self.open, "http_port": health.port,
@@ -171,10 +144,7 @@ class TargetBuilder:
             self.ready.clear()
             health.stop()
             self._writers.shutdown()
-            while not self._requests.empty():
-                self._requests.get_nowait().answer(
-                    503, {"error": "the builder stopped; retry on the new one"}
-                )
+            self._requests.refuse_all(503, "the builder stopped; retry on the new one")
         log.info("target builder stopped", extra=asdict(self.stats))
         return self.stats
 
@@ -401,8 +371,7 @@ class TargetBuilder:
             self._seal_open(consumer, "auto:deadline")
 
     def _serve_seal_requests(self, consumer: TypedConsumer[Message]) -> None:
-        while not self._requests.empty():
-            request = self._requests.get_nowait()
+        for request in self._requests.pending():
             try:
                 if request.iteration > self.open:
                     request.answer(409, {"error": f"iteration {request.iteration} is not open yet: "
@@ -418,18 +387,6 @@ class TargetBuilder:
             except Exception as e:
                 request.answer(500, {"error": f"{type(e).__name__}: {e}"})
                 raise
-
-    def seal_route(self, params: dict[str, str]) -> tuple[int, bytes]:
-        """``POST /seal?iteration=N``: flush, seal, answer with the manifest's summary (runs on the loop)."""
-        try:
-            iteration = int(params["iteration"])
-        except (KeyError, ValueError):
-            return 400, json.dumps({"error": "use POST /seal?iteration=N with an integer N"}).encode()
-        request = _SealRequest(iteration)
-        self._requests.put(request)
-        if not request.done.wait(SEAL_REQUEST_TIMEOUT_S):
-            return 504, json.dumps({"error": f"no answer within {SEAL_REQUEST_TIMEOUT_S:.0f}s"}).encode()
-        return request.status, json.dumps(request.body).encode()
 
 
 def run(

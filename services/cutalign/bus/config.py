@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from cutalign.config import KafkaSettings
+
+# librdkafka's own log lines (connection retries and the like) go through Python logging, structured
+# like ours, instead of being written raw to stderr.
+LIBRDKAFKA_LOG = logging.getLogger("cutalign.librdkafka")
 
 
 def client_config(settings: KafkaSettings, *, client_suffix: str) -> dict[str, Any]:
@@ -12,6 +17,7 @@ def client_config(settings: KafkaSettings, *, client_suffix: str) -> dict[str, A
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": f"{settings.client_id}-{client_suffix}",
         "security.protocol": settings.security_protocol,
+        "logger": LIBRDKAFKA_LOG,
     }
     if settings.security_protocol.startswith("SASL"):
         if not settings.sasl_username or settings.sasl_password is None:

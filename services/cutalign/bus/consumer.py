@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=ProtoMessage)
 
+# Room for the dead-letter record's own fields and headers next to the original bytes.
+DEAD_LETTER_OVERHEAD = 64 * 1024
+
 # Commit failures that mean "the group moved on": the batch will be redelivered to the new owner.
 _REBALANCE_CODES = {
     KafkaError.REBALANCE_IN_PROGRESS,
@@ -110,6 +113,7 @@ class TypedConsumer(Generic[M]):
 
     def close(self) -> None:
         self._deadletters.flush()
+        del self._deadletters  # drop the librdkafka handle now, not at GC time (it keeps reconnecting)
         self._consumer.close()
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -193,6 +197,12 @@ class TypedConsumer(Generic[M]):
         reason: str,
         detail: str,
     ) -> None:
+        limit = self.settings.max_message_bytes - DEAD_LETTER_OVERHEAD
+        if (
+            len(value) > limit
+        ):  # the record must fit on the dead-letter topic, or the commit could never happen
+            detail = f"[original value truncated from {len(value)} to {limit} bytes] {detail}"
+            value = value[:limit]
         record = training_pb2.DeadLetter(
             original_value=value,
             original_key=key,

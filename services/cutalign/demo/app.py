@@ -14,7 +14,6 @@ The judgment arm runs :data:`JUDGMENT_ARM`, the best regime ``cutalign experimen
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from cutalign.experiment.compare import ExperimentPlan, iteration_prompts
 from cutalign.experiment.loop import LoopSettings, Prompt
 from cutalign.online.report import OnlineReport
 from cutalign.online.session import Callbacks, SessionSettings, builder_ratio, run_session
-from cutalign.online.stack import StackSettings
+from cutalign.online.stack import StackSettings, new_run_id
 from cutalign.store import ArtifactStore
 
 JUDGMENT_ARM = "span-noalignn"  # the judgment-based objective the demo runs (see docs/results.md)
@@ -82,7 +81,7 @@ def run_demo(
     on_base_step: Any = None,
 ) -> OnlineReport:
     """Run the demo (module doc); returns its report (``cutalign.online.report.write`` writes it)."""
-    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_id = new_run_id()
     work = out_dir / "runs" / run_id
     arm = dict(PRESETS[settings.arm])
     prompts, eval_prompts = demo_prompts(settings)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cutalign.cut.location import as_prefix, resolve
 from cutalign.demo.task import CountingTask, tokenizer_corpus, warm_start_examples
 from cutalign.demo.warmstart import WarmStartSettings, warm_start
 from cutalign.modelinit import ModelShape, init_model
@@ -118,9 +119,10 @@ def cached_base_model(
 
 
 def fetch_base_model(uri: str, store: ArtifactStore, directory: Path) -> Path:
-    """Download a cached base model (every object checksum-verified) into ``directory``."""
-    key = store.key_of(uri).rstrip("/") + "/"
+    """Download a cached base model (every object checksum-verified) into ``directory``; ``store`` gives the
+    endpoint and credentials, the URI the bucket."""
+    bound, key = resolve(uri, store)
     try:
-        return store.download_dir(key, directory)
+        return bound.download_dir(as_prefix(key), directory)
     except ObjectMissing as e:
         raise ObjectMissing(f"{uri} holds no base model; build it with `cutalign demo`") from e

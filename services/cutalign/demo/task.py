@@ -268,7 +268,7 @@ def warm_start_examples(
     n_judged: int = 1000,
     n_habits: int = 8,
     corruption_rate: float = 0.7,
-    habit_share: float = 0.5,
+    habit_share: float = 1.0,
     kinds: Sequence[Corruption] = CORRUPTIONS,
     seed: int = 0,
 ) -> list[WarmStartExample]:
@@ -276,8 +276,10 @@ def warm_start_examples(
 
     ``n_plain`` plain-template examples carrying the mistakes of ``make_habits(task, n_habits, kinds, seed)``,
     each with probability ``corruption_rate`` (0 habits or rate 0: a clean SFT set); ``n_judged``
-    judgment-template examples with the counting judge's judgment: a ``habit_share`` of them the habits'
-    mistakes (where the count passes one), the others one mistake of a kind from ``kinds`` at a random place.
+    judgment-template examples with the counting judge's judgment: where the count passes a habit number, with
+    probability ``habit_share`` the habits' mistakes, else (and elsewhere) one mistake of a kind from
+    ``kinds`` at a random place. Keep ``habit_share`` at 1: below it the judgment context contradicts the
+    habits, the judgment *lowers* the habit token's probability, and CUT's detection cannot see it.
     """
     for name, value in (("corruption_rate", corruption_rate), ("habit_share", habit_share)):
         if not 0.0 <= value <= 1.0:
@@ -292,7 +294,7 @@ def warm_start_examples(
         kind = "correct"
         if not judged:
             response = with_habits(start, end, habits, corruption_rate, rng)
-        elif rng.random() < habit_share and habit_free_fraction([make_prompt(start, end)], habits) == 0.0:
+        elif habit_free_fraction([make_prompt(start, end)], habits) == 0.0 and rng.random() < habit_share:
             response = with_habits(start, end, habits, 1.0, rng)
         else:
             corruption = rng.choice(list(kinds))

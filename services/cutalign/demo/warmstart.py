@@ -42,9 +42,9 @@ WARM_START_PLAN = RowPlan(positive_mle="plain", negative_mle="judged", negative_
 class WarmStartSettings:
     """Optimisation of the warm start (the data comes from ``warm_start_examples``)."""
 
-    epochs: float = 4.0
-    batch_size: int = 64
-    learning_rate: float = 3e-3
+    epochs: float = 6.0
+    batch_size: int = 32
+    learning_rate: float = 2e-3
     warmup_ratio: float = 0.05
     template: str = "short"
     seed: int = 0

@@ -61,7 +61,7 @@ def experiment_command(
     prompts_per_iteration: Annotated[int, typer.Option(min=1, help="Fresh prompts per iteration.")] = 200,
     eval_size: Annotated[int, typer.Option(min=0, help="Held-out prompts evaluated (0: all 150).")] = 0,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per iteration, every arm.")] = 30,
-    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate, every arm.")] = 4e-4,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate, every arm.")] = 1e-3,
     lora: Annotated[bool, typer.Option(help="LoRA (else full fine-tuning), every arm.")] = True,
     lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank (alpha = rank).")] = 16,
     micro_batch_size: Annotated[int, typer.Option(min=1, help="Examples per optimizer step.")] = 8,
@@ -71,6 +71,9 @@ def experiment_command(
     reference: Annotated[str, typer.Option(help="Arm the others are compared with (paired).")] = "sft",
     workers: Annotated[int, typer.Option(min=1, help="(arm, seed) runs in parallel (1 thread each).")] = 1,
     threads: Annotated[int, typer.Option(min=1, help="torch threads with --workers 1.")] = 2,
+    probe_detection: Annotated[
+        bool, typer.Option(help="First measure the base model's ratio detection (own vs synthetic errors).")
+    ] = True,
 ) -> None:
     """Online iterations in-process for each objective ("arm") and seed, on identical prompts, base model,
     judge and step counts; writes mean ± spread over seeds per iteration as JSON, markdown and a PNG plot.
@@ -104,6 +107,7 @@ def experiment_command(
         workers=workers,
     )
     started = time.perf_counter()
+    probe = _probe(base, eval_prompts, loop, float(shared.get("threshold", 1.1))) if probe_detection else {}
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -133,7 +137,13 @@ def experiment_command(
         "wall_s": round(time.perf_counter() - started, 1),
     }
     summaries = write_report(
-        out, config=config, base_accuracy=accuracy0, arms=arms, results=results, reference=reference
+        out,
+        config=config,
+        base_accuracy=accuracy0,
+        arms=arms,
+        results=results,
+        reference=reference,
+        detection_probe=probe,
     )
     table = Table(title=f"held-out accuracy (mean ± std over {seeds} seeds)")
     table.add_column("arm")
@@ -144,6 +154,23 @@ def experiment_command(
     console.print(table)
     console.print(f"wrote {out}/results.json, results.md, accuracy.png in {config['wall_s']} s")
     log.debug("config %s", json.dumps(config, default=str))
+
+
+def _probe(base: str, eval_prompts: list[Any], loop: Any, threshold: float) -> dict[str, dict[str, float]]:
+    """The base model's ratio detection on its own wrong eval responses and on synthetic single errors."""
+    from cutalign.experiment.loop import respond
+    from cutalign.experiment.probe import detection_of, own_negatives, synthetic_negatives
+    from cutalign.judges.loader import load_judge
+    from cutalign.policy.loading import load_policy
+
+    judge = load_judge("counting")
+    own = own_negatives(respond(load_policy(base), eval_prompts, judge, loop.decoding))
+    sets = {"own wrong responses": own, "synthetic single errors": synthetic_negatives(eval_prompts, judge)}
+    return {
+        name: detection_of(base, examples, template=loop.template, threshold=threshold)
+        for name, examples in sets.items()
+        if examples
+    }
 
 
 def _demo_base_model() -> Path:

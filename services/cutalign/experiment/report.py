@@ -93,7 +93,8 @@ def markdown_table(summaries: Sequence[ArmSummary], reference: str | None = "sft
     """Held-out accuracy per iteration (mean ± std over seeds), the final gap to the reference, detection."""
     iterations = len(summaries[0].accuracy)
     seeds = summaries[0].accuracy[0].n
-    head = ["arm", *(f"iter {i}" for i in range(iterations)), f"Δ vs {reference} (final, paired)"]
+    head = ["arm", *(f"iter {i}" for i in range(iterations))]
+    head += [f"Δ vs {reference} (final, paired)"] if reference else []
     head += ["flagged fraction", "detection precision", "detection recall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
@@ -101,12 +102,28 @@ def markdown_table(summaries: Sequence[ArmSummary], reference: str | None = "sft
         if s.vs_reference is not None and s.beats_reference is not None:
             gap = f"{s.vs_reference[-1].mean:+.3f} ± {s.vs_reference[-1].std:.3f}"
             gap += " (beats)" if s.beats_reference[-1] else ""
-        cells = [f"`{s.arm}`", *(str(a) for a in s.accuracy), gap]
+        cells = [f"`{s.arm}`", *(str(a) for a in s.accuracy), *([gap] if reference else [])]
         cells += [str(s.train_metrics[m]) if m in s.train_metrics else "—" for m in TRAIN_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Mean ± sample std over {seeds} seed(s). Arms:")
     lines.extend(f"- `{s.arm}`: {describe(s.overrides)}" for s in summaries)
+    return "\n".join(lines) + "\n"
+
+
+def probe_lines(probe: Mapping[str, Mapping[str, float]]) -> str:
+    """The base model's ratio detection per example set, as markdown lines (empty without a probe)."""
+    if not probe:
+        return ""
+    lines = [
+        "",
+        "Ratio detection of the base model before training (λ as configured), against the judge's spans:",
+    ]
+    for name, m in probe.items():
+        parts = [
+            f"{k.removeprefix('detection/')} {v:.3f}" for k, v in m.items() if k.startswith("detection/")
+        ]
+        lines.append(f"- {name} ({int(m.get('examples', 0))} negatives): " + ", ".join(parts))
     return "\n".join(lines) + "\n"
 
 
@@ -144,18 +161,23 @@ def write_report(
     arms: Mapping[str, Mapping[str, Any]],
     results: Sequence[RunResult],
     reference: str | None = "sft",
+    detection_probe: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[ArmSummary]:
-    """Write results.json, results.md and accuracy.png under ``out_dir``; returns the summaries."""
+    """Write results.json, results.md and accuracy.png under ``out_dir``; returns the summaries.
+
+    ``detection_probe`` (``cutalign.experiment.probe``) is the base model's ratio detection per example set.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     ref = reference if reference in arms else None
     summaries = summarize(arms, results, ref)
     body = {
         "config": config,
         "base_accuracy": base_accuracy,
+        "detection_probe": dict(detection_probe or {}),
         "summary": [asdict(s) for s in summaries],
         "runs": [asdict(r) for r in results],
     }
     (out_dir / "results.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
-    (out_dir / "results.md").write_text(markdown_table(summaries, ref))
+    (out_dir / "results.md").write_text(markdown_table(summaries, ref) + probe_lines(detection_probe or {}))
     plot(summaries, out_dir / "accuracy.png", f"held-out accuracy, {summaries[0].accuracy[0].n} seed(s)")
     return summaries

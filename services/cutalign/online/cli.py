@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ import typer
 from rich.console import Console
 
 from cutalign.experiment.arms import PRESETS
+from cutalign.store import ArtifactStore
 
 console = Console()
 
@@ -89,7 +89,7 @@ def run_command(
     from cutalign.online import report as online_report
     from cutalign.online.progress import RunProgress
     from cutalign.online.session import SessionSettings, builder_ratio, run_session
-    from cutalign.online.stack import StackSettings
+    from cutalign.online.stack import StackSettings, new_run_id
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     chosen = arm or JUDGMENT_ARM
@@ -98,7 +98,7 @@ def run_command(
     _check_judge(judge, judge_options)
     per_iteration = split_prompts(_rows(prompts), iterations, prompts_per_iteration)
     eval_rows = _rows(eval_file)
-    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_id = new_run_id()
     arm_overrides = dict(PRESETS[chosen])
     trainer = {"learning_rate": learning_rate, "lora": lora, "lora_r": lora_r, "lora_alpha": lora_r,
                "micro_batch_size": micro_batch_size}  # fmt: skip
@@ -117,8 +117,8 @@ def run_command(
                 judge_options_json=judge_options,
                 align_p_ratio=builder_ratio(arm_overrides),
             ),
-            lambda store: base,
-            lambda uri, s3: Path(uri),
+            lambda store: upload_base_model(store, Path(base)),
+            lambda uri, s3: Path(base),
             per_iteration,
             eval_rows,
             callbacks=progress.callbacks(),
@@ -160,6 +160,22 @@ def eval_command(
         out.write_bytes(report.to_json())
     console.print(json.dumps(report.metrics(), sort_keys=True))
     console.print(f"accuracy {report.accuracy:.3f} ({report.positives}/{report.total}) for {model}")
+
+
+def upload_base_model(store: ArtifactStore, directory: Path) -> str:
+    """Copy a local base model to ``models/<dir name>-<sha256 prefix>/`` (once per content); return its URI.
+
+    The whole run then reads it from the store like any promoted policy: the policy server, which loads later
+    releases from S3, gets its S3 settings from serving an S3 URI, and the run's records name it by content.
+    """
+    from cutalign.policy.version import dir_sha256
+    from cutalign.store.layout import base_model_prefix
+
+    prefix = base_model_prefix(f"{directory.name}-{dir_sha256(directory)[:12]}")
+    store.ensure_bucket()
+    if not store.list(prefix):
+        store.upload_dir(prefix, directory)
+    return store.uri(prefix).rstrip("/")
 
 
 def _check_judge(judge: str, options: str) -> None:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -114,6 +116,11 @@ class ServiceThreads:
             thread.join(timeout_s)
             if thread.is_alive():
                 log.warning("service thread %s did not stop within %.0f s", thread.name, timeout_s)
+
+
+def new_run_id() -> str:
+    """``20261127-013045-a1b2``: sortable by start time, unique across concurrent runs."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 def run_bucket(run_id: str) -> str:
