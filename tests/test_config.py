@@ -1,4 +1,4 @@
-"""Typed settings: env prefixes, cross-field checks, secrets that never show, a README that lists real keys."""
+"""Typed settings: env prefixes, cross-field checks, secrets that never show, a README with the real keys."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
 from cutalign.config import KafkaSettings, S3Settings, TrainerSettings
 from cutalign.config_reference import markdown
 from cutalign.store import ArtifactStore
+from pydantic import ValidationError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -51,4 +50,4 @@ def test_readme_lists_exactly_the_real_configuration_keys() -> None:
     text = README.read_text()
     section = re.search(r"<!-- config:start -->\n(.*?)<!-- config:end -->", text, re.S)
     assert section, "README.md lost its generated configuration section"
-    assert section.group(1) == markdown(), "README config reference is stale: run `cutalign config` and paste it"
+    assert section.group(1) == markdown(), "README config reference is stale: paste `cutalign config` output"

@@ -38,7 +38,9 @@ def test_up_status_down_twice_keeps_data_and_leaves_nothing_running(tmp_path: Pa
     _cli(env, "up")
     credentials = tmp_path / "platform" / "credentials.env"
     assert oct(credentials.stat().st_mode & 0o777) == "0o600"
-    exported = dict(line.removeprefix("export ").split("=", 1) for line in credentials.read_text().splitlines())
+    exported = dict(
+        line.removeprefix("export ").split("=", 1) for line in credentials.read_text().splitlines()
+    )
     s3 = S3Settings(
         endpoint=exported["CUTALIGN_S3_ENDPOINT"],
         access_key=exported["CUTALIGN_S3_ACCESS_KEY"],

@@ -69,6 +69,7 @@ class S3Settings(BaseSettings):
                 ".cutalign/platform/credentials.env — `source` that file"
             )
         return self.access_key.get_secret_value(), self.secret_key.get_secret_value()
+
     secure: bool = Field(False, description="Use https.")
     region: str = Field("us-east-1", description="Region reported to the store.")
     bucket: str = Field("cutalign", description="Bucket holding every artifact (see README layout).")

@@ -32,13 +32,13 @@ SPEC_FILE = "cutalign-base-spec.json"  # written next to the weights: what the m
 
 @dataclass(frozen=True)
 class WarmStartData:
-    """Knobs of :func:`cutalign.demo.task.warm_start_examples` (see its docstring)."""
+    """Knobs of :func:`cutalign.demo.task.warm_start_examples` (see its docstring; same defaults)."""
 
     n_plain: int = 2000
     n_judged: int = 1000
     n_habits: int = 8
     corruption_rate: float = 0.7
-    habit_share: float = 0.5
+    habit_share: float = 1.0
 
 
 @dataclass(frozen=True)

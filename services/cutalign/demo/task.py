@@ -13,17 +13,24 @@ Warm start: a from-scratch model must first learn the task *and* to read judgmen
 fails (method page §8). Greedy decoding follows the most likely token, so errors sprinkled at random places
 in the training data do not make a trained model err (measured: 30% of examples corrupted at random places,
 99% eval accuracy). The policy's mistakes must be *habits*: :func:`make_habits` picks ``n_habits`` numbers
-(seeded), each with a kind of mistake ("after 47, skip 48"), and :func:`warm_start_examples` mixes
+(seeded), each with a fixed mistake ("after 47, say 49"), and :func:`warm_start_examples` mixes
 
 * ``n_plain`` plain-template examples (instruction -> response) in which every habit number the count passes
   triggers its mistake with probability ``corruption_rate``. Above 0.5 the warm-started policy makes the
-  mistake under greedy decoding, so its accuracy is about the share of prompts that pass no habit number
-  (:func:`habit_free_fraction`; 8 habits: about half). Keep the rate well below 1 (default 0.7): detection
-  flags a token when the judgment *raises* its probability, which it cannot do for a token the plain model
-  is already sure of (the ratio is at most 1 / p_plain);
-* ``n_judged`` judgment-template examples (instruction, judgment -> response with one mistake of any kind
-  at a random place), the judgment being exactly what :class:`CountingJudge` writes for it, so the model
-  learns p(y | x, j): given "After 15 it says 17, but it should say 16." it writes the 17.
+  mistake under greedy decoding, so its accuracy is the share of prompts that pass no habit number
+  (:func:`habit_free_fraction`; 8 habits: 0.59 of the eval set). Keep the rate well below 1 (default 0.7):
+  detection flags a token when the judgment *raises* its probability, and the ratio is at most 1 / p_plain;
+* ``n_judged`` judgment-template examples with the judgment :class:`CountingJudge` writes for the response:
+  the habits' own mistakes where the count passes a habit number, one mistake at a random place elsewhere.
+  The judgment context must never contradict a habit, or the judgment *lowers* the habit token's
+  probability and CUT's detection cannot see it.
+
+Measured (4-layer d=128 init-model Llama, short template, 2000 plain + 1000 judged examples, 6 epochs of
+AdamW at 2e-3, greedy decoding): eval accuracy 0.60 against 0.59 predicted; on the policy's own wrong eval
+responses, at the first character that differs from the right answer, p_plain 0.70 -> p_judged 0.94 (median)
+and 51 of 60 such tokens pass λ = 1.1, while 1 of 650 correct tokens before the error does. With the habits'
+mistakes in only half of the judged examples that pass a habit (and 3000 plain), 8 of 61 pass (p_judged 0.57);
+with none, 0 of 60 (p_judged 0.10).
 
 CUT's job on this demo is then to unlearn the habits from the judgments of the policy's own responses.
 """

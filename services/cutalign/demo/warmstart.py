@@ -48,6 +48,9 @@ class WarmStartSettings:
     warmup_ratio: float = 0.05
     template: str = "short"
     seed: int = 0
+    # length-grouped batches put plain and judged examples in separate batches; measured worse (0.06 vs 0.33
+    # held-out accuracy after the same 564 steps), so batches are plain random draws
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -103,7 +106,9 @@ def warm_start(
         for step in range(total):
             epoch, index = divmod(step, per_epoch)
             if index == 0:
-                batches = sampling.epoch_batches(lengths, settings.seed, epoch, settings.batch_size, True)
+                batches = sampling.epoch_batches(
+                    lengths, settings.seed, epoch, settings.batch_size, settings.group_by_length
+                )
             batch = collator([dataset[i] for i in batches[index]])
             assert batch.mle is not None  # every warm-start example has an MLE row
             logits = model(
