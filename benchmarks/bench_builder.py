@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
+
 from cutalign.builder import TargetBuilder
 from cutalign.builder.wire import LenientJudgment
 from cutalign.bus import TypedConsumer, TypedProducer, provision_topics

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
+
 from cutalign.bus import TypedConsumer, TypedProducer, provision_topics
 from cutalign.platform import LocalPlatform
 from cutalign.v1 import messages_pb2

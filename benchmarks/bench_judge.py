@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client import REGISTRY
+
 from cutalign.bus import TypedProducer, provision_topics
 from cutalign.config import JudgeSettings, KafkaSettings
 from cutalign.judges.base import Judge, run_judge
@@ -33,7 +35,6 @@ from cutalign.judging import service
 from cutalign.platform import LocalPlatform
 from cutalign.policy.launcher import free_port
 from cutalign.v1 import messages_pb2
-from prometheus_client import REGISTRY
 
 N_FAST = 10_000
 N_SLOW = 400

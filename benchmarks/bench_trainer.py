@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
+
 from cutalign.config import TrainerSettings
 from cutalign.cut import sampling
 from cutalign.cut.collator import CutCollator, ExampleTokenizer, TokenizedExample
@@ -36,7 +38,6 @@ from cutalign.cut.loss import cut_loss
 from cutalign.cut.modeling import load_model, trainable_parameters
 from cutalign.cut.objectives import CutObjective, SftObjective, backward_micro_batch, should_fuse
 from cutalign.modelinit import ModelShape, init_model
-from transformers import AutoTokenizer
 
 SHAPES = {
     "demo base model (d=128, 4 layers, 1.1M params)": ModelShape(),

@@ -27,7 +27,6 @@ from typing import Any
 from cutalign.config import S3Settings
 from cutalign.policy.promotion import current_release
 from cutalign.store import ArtifactStore
-
 from pipelines.online_iteration import online_iteration
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from cutalign.builder import RunStats, TargetBuilder
 from cutalign.bus.config import client_config
 from cutalign.config import BuilderSettings, KafkaSettings, S3Settings

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
 from cutalign.config import KafkaSettings, S3Settings
 from cutalign.platform import LocalPlatform
 from cutalign.store import ArtifactStore

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cutalign.modelinit import build_char_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from cutalign.modelinit import build_char_tokenizer
 
 CORPUS = string.printable
 

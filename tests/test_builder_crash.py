@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from builder_support import committed, dead_letters, judgment, wait_committed
 from cutalign.builder import read_sealed_examples, seal_iteration
 from cutalign.builder.shards import list_shard_manifests

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from google.protobuf import json_format
+
 from builder_support import judgment
 from cutalign.builder import Accepted, Rejection, Rules, process
 from cutalign.builder.seal import downsample
@@ -13,7 +15,6 @@ from cutalign.builder.validate import REASONS, apply_late_policy
 from cutalign.builder.wire import LenientJudgment
 from cutalign.bus import Envelope
 from cutalign.v1 import common_pb2, messages_pb2, training_pb2
-from google.protobuf import json_format
 
 RULES = Rules(open_iteration=3, first_iteration=1, max_text_bytes=1000)
 

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+
 from builder_support import builder_settings, dead_letters, judgment, running_builder, wait_committed
 from cutalign.builder import read_sealed_examples, seal_iteration
 from cutalign.builder.shards import list_shard_manifests, read_shard

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import httpx
+from confluent_kafka import Producer
+
 from builder_support import (
     builder_settings,
     dead_letters,
@@ -10,7 +12,6 @@ from builder_support import (
     running_builder,
     wait_committed,
 )
-from confluent_kafka import Producer
 from cutalign.builder import Accepted, Rules, process, read_sealed_examples
 from cutalign.builder.shards import write_shard
 from cutalign.builder.wire import LenientJudgment

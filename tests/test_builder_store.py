@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cutalign.builder import EmptyIteration, ShardConflict, read_sealed_examples, seal_iteration
 from cutalign.builder.seal import complete_seal, sealing_marker_key
 from cutalign.builder.shards import list_shard_manifests, read_shard, write_shard

@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from cutalign.config import KafkaSettings, S3Settings, TrainerSettings
 from cutalign.config_reference import markdown
 from cutalign.store import ArtifactStore
-from pydantic import ValidationError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
 from cutalign.cut.collator import CutCollator, ExampleTokenizer, TokenizedExample
 from cutalign.cut.examples import CutExample, DataError
 from cutalign.cut.loss import cut_loss
@@ -18,9 +21,7 @@ from cutalign.cut.objectives import (
 )
 from cutalign.modelinit import build_char_tokenizer, build_model
 from cutalign.templates import Template, get_template
-from tokenizers import Tokenizer, models
 from trainer_support import CORPUS, TINY
-from transformers import PreTrainedTokenizerFast
 
 torch.set_num_threads(1)
 TOK = build_char_tokenizer(CORPUS)

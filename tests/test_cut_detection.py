@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from cutalign.cut.collator import CutCollator, ExampleTokenizer
 from cutalign.cut.detection import DetectionCounts, select_unlikelihood
 from cutalign.cut.examples import CutExample

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
+
 from cutalign.cut.examples import (
     CutExample,
     DataError,
@@ -18,7 +20,6 @@ from cutalign.cut.examples import (
 )
 from cutalign.store import ArtifactStore, ChecksumMismatch, layout
 from cutalign.v1 import common_pb2, training_pb2
-from google.protobuf import json_format
 
 
 def _write(path: Path, lines: list[object]) -> Path:

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from cutalign.cut.loss import cut_loss
 
 torch.set_num_threads(1)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from cutalign.config import TrainerSettings
 from cutalign.cut.collator import CutCollator, ExampleTokenizer
 from cutalign.cut.examples import CutExample

@@ -4,6 +4,7 @@ accumulation, and length grouping that cuts padding without sorting the epoch.""
 from __future__ import annotations
 
 import pytest
+
 from cutalign.cut import sampling
 
 LENGTHS = [10 + (i * 37) % 90 for i in range(50)]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import uvicorn
+
 from cutalign.bus import TypedConsumer, provision_topics
 from cutalign.config import FeedbackSettings, KafkaSettings
 from cutalign.feedback.app import create_app

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
+
 from cutalign.bus import TypedConsumer, TypedProducer, provision_topics
 from cutalign.config import GeneratorSettings, KafkaSettings, PolicySettings
 from cutalign.generator.guard import PolicyVersionMismatch
@@ -30,7 +32,6 @@ from cutalign.store import ArtifactStore
 from cutalign.templates import get_template
 from cutalign.v1 import messages_pb2, training_pb2
 from policy_support import http_json, tiny_policy
-from prometheus_client import REGISTRY
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

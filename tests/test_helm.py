@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings
+
 from cutalign import config
 from cutalign.k8s.pytorchjob import build_pytorchjob
 from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import CrdCatalog, load_manifests, validate_manifests
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "cutalign"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cutalign.builder.shards import write_shard
 from cutalign.bus import TypedConsumer, TypedProducer, provision_topics
 from cutalign.bus.headers import SCHEMA

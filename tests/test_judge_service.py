@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import REGISTRY
+
 from cutalign.bus import TypedConsumer, TypedProducer, provision_topics
 from cutalign.config import JudgeSettings, KafkaSettings
 from cutalign.judging.service import run
 from cutalign.policy.launcher import free_port
 from cutalign.v1 import messages_pb2, training_pb2
-from prometheus_client import REGISTRY
 
 USER_JUDGES = '''
 import random

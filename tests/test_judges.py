@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from cutalign.config import JudgeSettings
 from cutalign.judges.base import InvalidJudgment, Judgment, judge_id_of, normalize, run_judge
 from cutalign.judges.guard import GamingGuard, degenerate_reason, template_markers

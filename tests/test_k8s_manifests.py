@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
+
 from cutalign.cli.main import app
 from cutalign.config import LauncherSettings, S3Settings, Toleration, TrainerSettings
 from cutalign.k8s.pipeline_upload import check_pipeline_file, upload, version_name
 from cutalign.k8s.pytorchjob import build_pytorchjob
 from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import CrdCatalog, ManifestInvalid, shipped_crd_dir
-from typer.testing import CliRunner
 
 RUN_ARGS = ["--data", "s3://cutalign/iterations/0003/manifest.json", "--model", "s3://cutalign/models/base/",
             "--out", "s3://cutalign/iterations/0003/"]  # fmt: skip

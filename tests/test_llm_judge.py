@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from cutalign.config import JudgeSettings
 from cutalign.judges.base import InvalidJudgment, Judgment, run_judge
 from cutalign.judges.guard import GamingGuard
@@ -33,7 +35,6 @@ from cutalign.judges.llm import PAPER_SYSTEM_PROMPT, LLMJudge, quoted_spans
 from cutalign.judges.loader import judge_from_settings
 from cutalign.modelinit import build_char_tokenizer
 from cutalign.policy.launcher import PolicyServerProcess, free_port, start_policy_server
-from transformers import LlamaConfig, LlamaForCausalLM
 
 torch.set_num_threads(1)
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
 from cutalign.cli.main import app
 from cutalign.demo.task import CountingTask, tokenizer_corpus, warm_start_examples
 from cutalign.modelinit import ModelShape, build_char_tokenizer, init_model
 from cutalign.templates import TEMPLATES
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from typer.testing import CliRunner
 
 torch.set_num_threads(1)
 

@@ -12,12 +12,13 @@ import json
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
+
 from cutalign.config import LauncherSettings, TrainerSettings
 from cutalign.iteration.cluster import TrainingJobFailed, job_name, train_on_cluster
 from cutalign.k8s.validate import CrdCatalog
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import checkpoint_prefix, metrics_key, model_prefix
-from kubernetes.client.exceptions import ApiException
 
 MANIFEST_URI = "s3://bucket/iterations/0003/manifest.json"
 POLICY_URI = "s3://bucket/models/base"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from cutalign.config import TrainerSettings
 
+from cutalign.config import TrainerSettings
 from pipelines.compile import FILENAME, compile_pipeline
 from pipelines.driver import parse_params
 from pipelines.online_iteration import CONFIG_KEYS, IMAGE, PIPELINE_NAME

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from cutalign.policy.promotion import promote
 from cutalign.store import ArtifactStore
 from cutalign.v1 import common_pb2, training_pb2
-
 from pipelines.driver import run_iterations
 
 BASE = "s3://models/base"

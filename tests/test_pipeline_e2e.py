@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cutalign.builder import TargetBuilder
 from cutalign.bus import provision_topics
 from cutalign.config import BuilderSettings, GeneratorSettings, JudgeSettings, KafkaSettings, PolicySettings
@@ -27,9 +28,8 @@ from cutalign.policy.promotion import current_release
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key, iteration_manifest_key, model_prefix, prompts_key, release_key
 from cutalign.v1 import training_pb2
-from policy_support import http_json, tiny_policy
-
 from pipelines.driver import local_submitter, run_iterations
+from policy_support import http_json, tiny_policy
 
 pytestmark = pytest.mark.slow
 

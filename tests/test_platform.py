@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cutalign.bus import TypedConsumer, TypedProducer
 from cutalign.config import KafkaSettings, S3Settings
 from cutalign.platform import LocalPlatform, free_port_pair

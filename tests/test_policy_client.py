@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from cutalign.config import PolicySettings
 from cutalign.policy.client import PolicyClient, PolicyRejected, PolicyUnavailable
 from cutalign.policy.launcher import free_port

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
 from cutalign.config import S3Settings
 from cutalign.policy.loading import PolicyChecksumMismatch, PolicyLoadError, load_policy
 from cutalign.policy.version import dir_sha256, policy_sha256, policy_version
 from cutalign.store import ArtifactStore, ObjectMissing
-from peft import LoraConfig, PeftModel, get_peft_model
 from policy_support import tiny_policy
-from transformers import AutoModelForCausalLM
 
 torch.set_num_threads(1)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from cutalign.config import PolicySettings
 from cutalign.policy.client import PolicyClient
 from cutalign.policy.generation import SamplingParams, generate

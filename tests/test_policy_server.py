@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import InferenceClient
+
 from cutalign.config import PolicySettings
 from cutalign.policy.client import PolicyClient, PolicyRejected
 from cutalign.policy.generation import SamplingParams, generate
 from cutalign.policy.launcher import PolicyServerProcess, start_policy_server
 from cutalign.policy.loading import LoadedPolicy, load_policy
 from cutalign.policy.version import dir_sha256
-from huggingface_hub import InferenceClient
 from policy_support import http_json, tiny_policy
 
 torch.set_num_threads(1)

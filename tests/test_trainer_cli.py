@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import torch
+from typer.testing import CliRunner
+
 from cutalign.cli.main import app
 from cutalign.cut.export import read_metrics
 from trainer_support import arithmetic_records, tiny_model, write_jsonl
-from typer.testing import CliRunner
 
 torch.set_num_threads(2)
 runner = CliRunner()

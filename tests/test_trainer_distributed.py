@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cutalign.cut.export import read_metrics
 from safetensors.torch import load_file
+
+from cutalign.cut.export import read_metrics
 from trainer_support import arithmetic_records, tiny_model, write_jsonl
 
 ENTRY = Path(__file__).resolve().parents[1] / "services" / "trainer" / "main.py"

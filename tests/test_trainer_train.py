@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from google.protobuf import json_format
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from cutalign.config import TrainerSettings
 from cutalign.cut.export import read_metrics, weights_sha256
 from cutalign.cut.trainer import train
 from cutalign.store import ArtifactStore, layout
 from cutalign.v1 import common_pb2, training_pb2
-from google.protobuf import json_format
-from safetensors.torch import load_file
 from trainer_support import arithmetic_records, tiny_model, write_jsonl
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 torch.set_num_threads(2)
 BASE_SETTINGS = dict(

@@ -27,7 +27,7 @@ from cutalign.online.session import Callbacks, SessionSettings, builder_ratio, r
 from cutalign.online.stack import StackSettings, new_run_id
 from cutalign.store import ArtifactStore
 
-JUDGMENT_ARM = "span-noalignn"  # the judgment-based objective the demo runs (see docs/results.md)
+JUDGMENT_ARM = "span"  # the judgment-based objective the demo runs (see docs/results.md)
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,10 @@ def demo_command(
     """
     from cutalign.demo.app import JUDGMENT_ARM, DemoSettings, run_demo
     from cutalign.online import report as online_report
-    from cutalign.online.progress import RunProgress
+    from cutalign.online.progress import RunProgress, quiet_libraries
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    quiet_libraries()
     chosen = arm or JUDGMENT_ARM
     if chosen not in PRESETS:
         raise typer.BadParameter(f"unknown arm {chosen!r}; choose from {', '.join(PRESETS)}")

@@ -74,6 +74,14 @@ def experiment_command(
     probe_detection: Annotated[
         bool, typer.Option(help="First measure the base model's ratio detection (own vs synthetic errors).")
     ] = True,
+    base_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--base-option",
+            help="Build the demo base with a warm-start knob changed, key=value (e.g. habit_share=0.5, "
+            "n_judged=0, epochs=8); cached per setting. Ignored with --base-model.",
+        ),
+    ] = None,
 ) -> None:
     """Online iterations in-process for each objective ("arm") and seed, on identical prompts, base model,
     judge and step counts; writes mean ± spread over seeds per iteration as JSON, markdown and a PNG plot.
@@ -85,15 +93,18 @@ def experiment_command(
     from cutalign.experiment.compare import ExperimentPlan, RunResult, run_experiment
     from cutalign.experiment.loop import LoopSettings
     from cutalign.experiment.report import write_report
+    from cutalign.online.progress import quiet_libraries
 
     logging.basicConfig(level=logging.WARNING)
+    quiet_libraries()
     try:
         arms = parse_arms(arm or list(DEFAULT_ARMS))
         shared = shared_trainer_settings(learning_rate, lora, lora_r, micro_batch_size, trainer or [])
+        spec = base_spec(base_option or [])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     task = CountingTask()
-    base = str(base_model) if base_model else str(_demo_base_model())
+    base = str(base_model) if base_model else str(_demo_base_model(spec))
     eval_prompts = task.eval_prompts()[: eval_size or None]
     loop = LoopSettings(iterations=iterations, steps=steps, trainer=shared, threads=threads)
     plan = ExperimentPlan(
@@ -134,6 +145,7 @@ def experiment_command(
         "steps_per_iteration": steps,
         "shared_trainer": shared,
         "template": loop.template,
+        "base_options": base_option or [],
         "wall_s": round(time.perf_counter() - started, 1),
     }
     summaries = write_report(
@@ -173,11 +185,33 @@ def _probe(base: str, eval_prompts: list[Any], loop: Any, threshold: float) -> d
     }
 
 
-def _demo_base_model() -> Path:
-    """The demo's base model, built once into ``.cutalign/models/<name>-<hash>`` (a local cache)."""
-    from cutalign.demo.basemodel import SPEC_FILE, BaseModelSpec, build_base_model
+def base_spec(options: list[str]) -> Any:
+    """The demo's ``BaseModelSpec`` with ``key=value`` warm-start knobs (data or optimisation) changed."""
+    import dataclasses
+
+    from cutalign.demo.basemodel import BaseModelSpec
 
     spec = BaseModelSpec()
+    for option in options:
+        key, eq, value = option.partition("=")
+        for part in ("data", "training"):
+            section = getattr(spec, part)
+            if eq and key in {f.name for f in dataclasses.fields(section)}:
+                kind = type(getattr(section, key))
+                typed = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+                spec = dataclasses.replace(spec, **{part: dataclasses.replace(section, **{key: typed})})
+                break
+        else:
+            raise ValueError(
+                f"--base-option {option!r}: expected key=value with a warm-start data or training field"
+            )
+    return spec
+
+
+def _demo_base_model(spec: Any) -> Path:
+    """The demo's base model (``spec``), built once into ``.cutalign/models/<name>-<hash>`` (local cache)."""
+    from cutalign.demo.basemodel import SPEC_FILE, build_base_model
+
     path = Path(".cutalign/models") / f"{spec.name}-{spec.fingerprint}"
     if not (path / SPEC_FILE).is_file():
         console.print(f"building the demo base model into {path} (cached for later runs)")

@@ -87,11 +87,12 @@ def run_command(
     """
     from cutalign.demo.app import JUDGMENT_ARM
     from cutalign.online import report as online_report
-    from cutalign.online.progress import RunProgress
+    from cutalign.online.progress import RunProgress, quiet_libraries
     from cutalign.online.session import SessionSettings, builder_ratio, run_session
     from cutalign.online.stack import StackSettings, new_run_id
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    quiet_libraries()
     chosen = arm or JUDGMENT_ARM
     if chosen not in PRESETS:
         raise typer.BadParameter(f"unknown arm {chosen!r}; choose from {', '.join(PRESETS)}")
@@ -145,7 +146,9 @@ def eval_command(
     accuracy = share judged positive — the pipeline's evaluation step, without the pipeline."""
     from cutalign.iteration.evaluate import evaluate_policy
     from cutalign.judges.loader import load_judge, parse_options
+    from cutalign.online.progress import quiet_libraries
 
+    quiet_libraries()
     _check_judge(judge, judge_options)
     report = evaluate_policy(
         str(model),

@@ -3,6 +3,8 @@ base model's warm start, one for the in-process baseline — wired to the runner
 
 from __future__ import annotations
 
+import os
+import warnings
 from types import TracebackType
 
 from rich.console import Console
@@ -11,6 +13,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from cutalign.experiment.loop import IterationRecord
 from cutalign.online.runner import OnlineIteration
 from cutalign.online.session import Callbacks
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter off the terminal the progress bars draw on: transformers' per-load progress bars
+    (also in child processes, through the environment) and known-harmless warnings (a deprecation inside
+    transformers; the KFP local runner's note that the pipeline's image is not used locally)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
 
 
 class RunProgress:
@@ -45,6 +59,8 @@ class RunProgress:
 
     def stage(self, name: str) -> None:
         self.progress.console.print(f"[bold]▶ {name}")
+        if name.startswith("baseline") and self._baseline is None:
+            self._baseline = self.progress.add_task("sft on positives", total=self.iterations)
 
     def base_step(self, step: int, total: int, loss: float) -> None:
         if self._base is None:

@@ -29,6 +29,7 @@ from cutalign.config import S3Settings
 log = logging.getLogger(__name__)
 
 SHA256_META = "sha256"
+_MISSING = ("NoSuchKey", "NoSuchBucket")  # either way the object is not there
 _M = TypeVar("_M", bound=Message)
 
 
@@ -185,7 +186,7 @@ class ArtifactStore:
         try:
             response = self.client.get_object(self.bucket, key)
         except S3Error as e:
-            if e.code == "NoSuchKey":
+            if e.code in _MISSING:
                 raise ObjectMissing(f"{self.uri(key)} does not exist") from e
             raise
         try:
@@ -209,7 +210,7 @@ class ArtifactStore:
         try:
             self.client.fget_object(self.bucket, key, str(path))
         except S3Error as e:
-            if e.code == "NoSuchKey":
+            if e.code in _MISSING:
                 raise ObjectMissing(f"{self.uri(key)} does not exist") from e
             raise
         expected = expected_sha256 or self._stored_sha256(key)
