@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from cutalign.cli.main import app
 from cutalign.platform import LocalPlatform
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key
 from policy_support import tiny_policy
-from typer.testing import CliRunner
 
 torch.set_num_threads(1)
 

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+
 from cutalign.config import KafkaSettings, S3Settings
 from cutalign.demo.app import JUDGMENT_ARM, DemoSettings, run_demo
 from cutalign.demo.basemodel import SPEC_FILE, BaseModelSpec, WarmStartData, cached_base_model
@@ -25,12 +27,11 @@ from cutalign.online.stack import run_bucket
 from cutalign.policy.promotion import current_release
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key, iteration_manifest_key
-from rich.console import Console
 
 pytestmark = pytest.mark.slow
 
 FAST = DemoSettings(
-    base=BaseModelSpec(  # the smallest warm start whose responses are not blank (blank ones are dead-lettered)
+    base=BaseModelSpec(  # smallest warm start whose responses are not blank (blank ones are dead-lettered)
         shape=ModelShape(layers=2, hidden_size=64, heads=2, intermediate_size=128, max_positions=256),
         data=WarmStartData(n_plain=96, n_judged=48),
         training=WarmStartSettings(epochs=12, batch_size=16, learning_rate=3e-3),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from cutalign.cut.collator import ExampleTokenizer
 from cutalign.cut.loss import response_logprobs
 from cutalign.demo.basemodel import (
@@ -23,7 +25,6 @@ from cutalign.demo.task import CountingTask, tokenizer_corpus, warm_start_exampl
 from cutalign.demo.warmstart import WARM_START_PLAN, WarmStartSettings, as_cut_example, warm_start
 from cutalign.modelinit import ModelShape, init_model
 from cutalign.store import ArtifactStore
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 torch.set_num_threads(1)
 

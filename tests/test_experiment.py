@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from cutalign.cli.main import app
 from cutalign.cut.loss import cut_loss
 from cutalign.demo.task import CountingTask
@@ -22,7 +24,6 @@ from cutalign.experiment.loop import IterationRecord, LoopSettings
 from cutalign.experiment.report import Stat, markdown_table, summarize, write_report
 from cutalign.judges.base import Judgment
 from trainer_support import tiny_model
-from typer.testing import CliRunner
 
 torch.set_num_threads(1)
 
