@@ -13,6 +13,7 @@ The judgment arm runs :data:`JUDGMENT_ARM`, the best regime ``cutalign experimen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def run_demo(
     kafka: KafkaSettings | None = None,
     s3: S3Settings | None = None,
     callbacks: Callbacks | None = None,
-    on_base_step: Any = None,
+    on_base_step: Callable[[int, int, float], None] | None = None,
 ) -> OnlineReport:
     """Run the demo (module doc); returns its report (``cutalign.online.report.write`` writes it)."""
     run_id = new_run_id()

@@ -50,8 +50,12 @@ def demo_command(
         baseline=baseline,
     )
     console.print(f"[bold]cutalign demo[/]: judgment-based objective [cyan]{chosen}[/] vs SFT on positives")
-    with RunProgress(console, iterations, chosen) as progress:
-        report = run_demo(settings, out, callbacks=progress.callbacks(), on_base_step=progress.base_step)
+    try:
+        with RunProgress(console, iterations, chosen) as progress:
+            report = run_demo(settings, out, callbacks=progress.callbacks(), on_base_step=progress.base_step)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]: everything this run started has been stopped")
+        raise typer.Exit(130) from None
     console.print(online_report.table(report))
     for line in online_report.summary_lines(report):
         console.print(line)

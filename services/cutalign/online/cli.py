@@ -66,7 +66,13 @@ def run_command(
     prompts_per_iteration: Annotated[
         int, typer.Option(min=0, help="Fresh prompts per iteration (0: all prompts / iterations).")
     ] = 0,
-    arm: Annotated[str, typer.Option(help=f"Objective: one of {', '.join(PRESETS)}.")] = "",
+    arm: Annotated[
+        str,
+        typer.Option(
+            help=f"Objective: one of {', '.join(PRESETS)}. Default cut (the method as published, any judge); "
+            "the span arms (the demo's best) need a judge that reports error spans."
+        ),
+    ] = "cut",
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per iteration.")] = 30,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
     lora: Annotated[bool, typer.Option(help="Train a LoRA adapter (merged after each iteration).")] = True,
@@ -85,7 +91,6 @@ def run_command(
     Extra JSONL fields (anything but id/instruction/input) reach the judge as `reference`. Writes the same
     report.json and accuracy.png as the demo under OUT.
     """
-    from cutalign.demo.app import JUDGMENT_ARM
     from cutalign.online import report as online_report
     from cutalign.online.progress import RunProgress, quiet_libraries
     from cutalign.online.session import SessionSettings, builder_ratio, run_session
@@ -93,7 +98,7 @@ def run_command(
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     quiet_libraries()
-    chosen = arm or JUDGMENT_ARM
+    chosen = arm
     if chosen not in PRESETS:
         raise typer.BadParameter(f"unknown arm {chosen!r}; choose from {', '.join(PRESETS)}")
     _check_judge(judge, judge_options)
@@ -104,26 +109,30 @@ def run_command(
     trainer = {"learning_rate": learning_rate, "lora": lora, "lora_r": lora_r, "lora_alpha": lora_r,
                "micro_batch_size": micro_batch_size}  # fmt: skip
     base = str(base_model.resolve())
-    with RunProgress(console, iterations, chosen) as progress:
-        report = run_session(
-            SessionSettings(
-                arm=chosen, arm_overrides=arm_overrides, trainer=trainer, steps=steps, baseline=baseline
-            ),
-            StackSettings(
-                run_id=run_id,
-                work_dir=out / "runs" / run_id,
-                template=template,
-                max_new_tokens=max_new_tokens,
-                judge=judge,
-                judge_options_json=judge_options,
-                align_p_ratio=builder_ratio(arm_overrides),
-            ),
-            lambda store: upload_base_model(store, Path(base)),
-            lambda uri, s3: Path(base),
-            per_iteration,
-            eval_rows,
-            callbacks=progress.callbacks(),
-        )
+    try:
+        with RunProgress(console, iterations, chosen) as progress:
+            report = run_session(
+                SessionSettings(
+                    arm=chosen, arm_overrides=arm_overrides, trainer=trainer, steps=steps, baseline=baseline
+                ),
+                StackSettings(
+                    run_id=run_id,
+                    work_dir=out / "runs" / run_id,
+                    template=template,
+                    max_new_tokens=max_new_tokens,
+                    judge=judge,
+                    judge_options_json=judge_options,
+                    align_p_ratio=builder_ratio(arm_overrides),
+                ),
+                lambda store: upload_base_model(store, Path(base)),
+                lambda uri, s3: Path(base),
+                per_iteration,
+                eval_rows,
+                callbacks=progress.callbacks(),
+            )
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]: everything this run started has been stopped")
+        raise typer.Exit(130) from None
     console.print(online_report.table(report))
     for line in online_report.summary_lines(report):
         console.print(line)
