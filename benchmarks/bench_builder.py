@@ -47,13 +47,8 @@ def _judgment(i: int) -> messages_pb2.Judgment:
 
 
 def run() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        platform = LocalPlatform.ephemeral(Path(tmp))
-        platform.up()
-        try:
-            _measure(platform)
-        finally:
-            platform.down()
+    with tempfile.TemporaryDirectory() as tmp, LocalPlatform.ephemeral(Path(tmp)) as platform:
+        _measure(platform)
 
 
 def _raw_consume_rate(kafka: KafkaSettings) -> float:

@@ -28,13 +28,8 @@ def _sample(i: int) -> messages_pb2.Sample:
 
 
 def run() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        platform = LocalPlatform.ephemeral(Path(tmp))
-        platform.up()
-        try:
-            _measure(platform)
-        finally:
-            platform.down()
+    with tempfile.TemporaryDirectory() as tmp, LocalPlatform.ephemeral(Path(tmp)) as platform:
+        _measure(platform)
 
 
 def _measure(platform: LocalPlatform) -> None:

@@ -64,14 +64,9 @@ def _sample(i: int) -> messages_pb2.Sample:
 
 
 def run() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        platform = LocalPlatform.ephemeral(Path(tmp))
-        platform.up()
-        try:
-            _judging(platform.kafka_settings)
-            _ingestion(platform.kafka_settings)
-        finally:
-            platform.down()
+    with tempfile.TemporaryDirectory() as tmp, LocalPlatform.ephemeral(Path(tmp)) as platform:
+        _judging(platform.kafka_settings)
+        _ingestion(platform.kafka_settings)
 
 
 def _loop_rate(judge: Judge, samples: list[messages_pb2.Sample], repeats: int) -> float:

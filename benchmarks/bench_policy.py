@@ -48,12 +48,8 @@ def run() -> None:
             model, torch_threads=1, max_batch_size=IN_FLIGHT, max_batch_wait_ms=5
         ) as server:
             raw_rps = _server(server)
-            platform = LocalPlatform.ephemeral(Path(tmp) / "platform")
-            platform.up()
-            try:
+            with LocalPlatform.ephemeral(Path(tmp) / "platform") as platform:
                 _generator(server, platform.kafka_settings, raw_rps)
-            finally:
-                platform.down()
 
 
 def batch_rows(url: str) -> tuple[float, float]:

@@ -22,10 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    local = LocalPlatform.ephemeral(tmp_path_factory.mktemp("platform"))
-    local.up()
-    yield local
-    local.down()
+    with LocalPlatform.ephemeral(tmp_path_factory.mktemp("platform")) as local:
+        yield local
 
 
 @pytest.fixture

@@ -190,6 +190,13 @@ class LocalPlatform:
         self._remove_stray_sockets()
         return stopped
 
+    def __enter__(self) -> LocalPlatform:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
     def status(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
         for name, port in (("tansu", self.settings.kafka_port), ("seaweedfs", self.settings.s3_port)):
