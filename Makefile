@@ -26,11 +26,11 @@ test: $(STAMP) helm-tool lint typecheck proto-check pipelines-check
 	$(BIN)/pytest -q -rs
 
 lint: $(STAMP)
-	$(BIN)/ruff check services pipelines tests benchmarks
-	$(BIN)/ruff format --check services pipelines tests benchmarks
+	$(BIN)/ruff check services tests benchmarks
+	$(BIN)/ruff format --check services tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy services/cutalign pipelines
+	$(BIN)/mypy services/cutalign
 
 ## Generate Python from the wire schemas (committed; `proto-check` fails CI when stale).
 proto: $(STAMP)
@@ -44,11 +44,11 @@ proto-check: $(STAMP)
 ## Compile the KFP pipeline to IR YAML (committed; `pipelines-check` fails CI when stale).
 ## The chart ships a copy (charts/cutalign/files/) for its pipeline-upload Job.
 pipelines: $(STAMP)
-	$(BIN)/python -m pipelines.compile --out pipelines/compiled
+	$(BIN)/python -m cutalign.pipelines.compile --out pipelines/compiled
 	cp pipelines/compiled/online_iteration.yaml charts/cutalign/files/online_iteration.yaml
 
 pipelines-check: $(STAMP)
-	@tmp=$$(mktemp -d); $(BIN)/python -m pipelines.compile --out $$tmp >/dev/null && diff -r $$tmp pipelines/compiled >/dev/null && \
+	@tmp=$$(mktemp -d); $(BIN)/python -m cutalign.pipelines.compile --out $$tmp >/dev/null && diff -r $$tmp pipelines/compiled >/dev/null && \
 	  cmp -s $$tmp/online_iteration.yaml charts/cutalign/files/online_iteration.yaml || \
 	  { echo "compiled pipeline YAML (pipelines/compiled or the chart's copy) is stale: run 'make pipelines'"; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
 

@@ -14,6 +14,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cutalign.errors import UserError
+
+
+class MissingCredentials(UserError, ValueError):
+    """A component needs credentials that the environment does not give (they never have a default)."""
+
 
 def _section(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=f"CUTALIGN_{prefix}_", extra="forbid", frozen=True)
@@ -63,10 +69,11 @@ class S3Settings(BaseSettings):
     def credentials(self) -> tuple[str, str]:
         """The key pair, or a clear error saying where it must come from."""
         if self.access_key is None or self.secret_key is None:
-            raise ValueError(
-                "S3 credentials are not set: export CUTALIGN_S3_ACCESS_KEY and CUTALIGN_S3_SECRET_KEY (on a "
-                "cluster, from a Secret); for the embedded platform, `cutalign up` writes them to "
-                ".cutalign/platform/credentials.env — `source` that file"
+            raise MissingCredentials(
+                "S3 credentials are not set",
+                "export CUTALIGN_S3_ACCESS_KEY and CUTALIGN_S3_SECRET_KEY (on a cluster, from a Secret); for "
+                "the embedded platform, `cutalign up` writes them to .cutalign/platform/credentials.env — "
+                "`source` that file",
             )
         return self.access_key.get_secret_value(), self.secret_key.get_secret_value()
 
@@ -226,7 +233,9 @@ class BuilderSettings(BaseSettings):
     )
     shard_max_examples: int = Field(500, ge=1, description="Flush a shard at this many examples...")
     shard_max_seconds: float = Field(5.0, gt=0, description="...or after this many seconds.")
-    align_p_ratio: float = Field(0.25, ge=0, description="Keep ratio x (number of negatives) positives.")
+    align_p_ratio: float | None = Field(
+        0.25, ge=0, description="Keep ratio x (number of negatives) positives (None: keep every positive)."
+    )
     seed: int = Field(42, description="Downsampling seed.")
     seal_count: int | None = Field(None, ge=1, description="Seal automatically at this many examples.")
     seal_deadline_s: float | None = Field(
@@ -299,6 +308,30 @@ class IterationSettings(BaseSettings):
     http_timeout_s: float = Field(120.0, gt=0, description="Timeout of the seal and reload HTTP calls.")
     job_poll_interval_s: float = Field(15.0, gt=0, description="How often a cluster training job is read.")
     job_timeout_s: float = Field(7 * 86400.0, gt=0, description="Longest wait for a cluster training job.")
+    abort_file: str | None = Field(
+        None, description="A file whose appearance fails the wait with its text (the embedded stack's alarm)."
+    )
+
+
+class OnlineSettings(BaseSettings):
+    """A run of several online iterations (``cutalign run``, ``cutalign demo``, ``cutalign experiment``)."""
+
+    model_config = _section("ONLINE")
+
+    iterations: int = Field(3, ge=1, description="Online iterations.")
+    prompts_per_iteration: int = Field(
+        0, ge=0, description="Fresh prompts per iteration (0: the prompt pool split evenly)."
+    )
+    steps: int = Field(30, ge=1, description="Optimizer steps per iteration (the same for every objective).")
+    arm: str = Field(
+        "cut", description="Judgment-based objective: a preset (`cutalign experiment --help`) or name:k=v,..."
+    )
+    baseline: bool = Field(False, description="Also run SFT on positives in-process on the same prompts.")
+    seed: int = Field(0, ge=0, description="Seed of the prompt order, the trainer and the downsampling.")
+    deadline_s: float = Field(
+        900.0, gt=0, description="Longest wait for one iteration's generation and judging (services)."
+    )
+    threads: int = Field(2, ge=1, description="torch threads of the in-process evaluation and baseline.")
 
 
 class PlatformSettings(BaseSettings):

@@ -22,6 +22,7 @@ SECTIONS: list[type[BaseSettings]] = [
     config.FeedbackSettings,
     config.TrainerSettings,
     config.IterationSettings,
+    config.OnlineSettings,
     config.LauncherSettings,
     config.PlatformSettings,
 ]

@@ -49,7 +49,7 @@ class EmptyIteration(RuntimeError):
 
 @dataclass(frozen=True)
 class SealParams:
-    align_p_ratio: float
+    align_p_ratio: float | None  # None keeps every positive
     seed: int
     sealed_by: str
 
@@ -71,10 +71,11 @@ def open_iteration(store: ArtifactStore, first_iteration: int) -> int:
     return iteration
 
 
-def downsample(positive_ids: list[str], negatives: int, ratio: float, seed: int) -> list[str]:
-    """The positive ids to drop (sorted): keep ``min(all, round(ratio x negatives))``, seeded, order-free."""
+def downsample(positive_ids: list[str], negatives: int, ratio: float | None, seed: int) -> list[str]:
+    """The positive ids to drop (sorted): keep ``min(all, round(ratio x negatives))``, seeded, order-free;
+    a ratio of None keeps them all."""
     ordered = sorted(set(positive_ids))
-    keep = min(len(ordered), round(ratio * negatives))
+    keep = len(ordered) if ratio is None else min(len(ordered), round(ratio * negatives))
     kept = set(random.Random(seed).sample(ordered, keep))
     return [sid for sid in ordered if sid not in kept]
 
@@ -206,7 +207,10 @@ def complete_seal(store: ArtifactStore, iteration: int) -> training_pb2.Iteratio
     if published is not None:
         return published
     marker = json.loads(store.get_bytes(sealing_marker_key(iteration)))  # markers are never deleted
-    params = SealParams(float(marker["align_p_ratio"]), int(marker["seed"]), str(marker["sealed_by"]))
+    ratio = marker["align_p_ratio"]
+    params = SealParams(
+        None if ratio is None else float(ratio), int(marker["seed"]), str(marker["sealed_by"])
+    )
     return _seal(store, iteration, params)
 
 

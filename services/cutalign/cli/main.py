@@ -1,28 +1,74 @@
-"""Entry point of the `cutalign` console script; each area registers its own subcommands here."""
+"""The ``cutalign`` console script: every command, short errors for a user's mistakes, help for 80 columns.
+
+Command modules import only typer and the settings at module level (heavy libraries load inside the
+commands), so ``cutalign --help`` and ``cutalign <command> --help`` stay fast. Help is click's plain layout:
+it wraps descriptions and never truncates a flag name, whatever the terminal's width.
+
+A :class:`cutalign.errors.UserError` (a bad flag, a missing credential, a malformed file) prints one line and
+its hint; ``--verbose`` adds the traceback and INFO logs. Any other exception is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
 
 import typer
+from pydantic import ValidationError
+from typer.core import TyperGroup
 
 from cutalign import config_reference, modelinit
 from cutalign.builder import cli as builder_cli
-from cutalign.cli import platform
+from cutalign.cli import demo, experiment, platform, run
 from cutalign.cut import cli as train_cli
-from cutalign.demo import cli as demo_cli
-from cutalign.experiment import cli as experiment_cli
+from cutalign.errors import UserError
 from cutalign.feedback import cli as feedback_cli
 from cutalign.judging import cli as judge_cli
 from cutalign.k8s import cli as k8s_cli
-from cutalign.online import cli as online_cli
 from cutalign.policy import cli as policy_cli
 
-app = typer.Typer(help="cutalign: online alignment from natural-language judgments.", no_args_is_help=True)
-platform.register(app)
-modelinit.register(app)
-train_cli.register(app)
-builder_cli.register(app)
-k8s_cli.register(app)
-judge_cli.register(app)
-feedback_cli.register(app)
-policy_cli.register(app)
+_state = {"verbose": False}
+
+
+class _Commands(TyperGroup):
+    """The root group: a user's mistake becomes a short message and exit status 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (UserError, ValidationError, OSError) as e:
+            if _state["verbose"]:
+                raise
+            typer.echo(f"error: {e}", err=True)
+            if hint := getattr(e, "hint", ""):
+                typer.echo(f"hint: {hint}", err=True)
+            typer.echo("(run with --verbose for the traceback)", err=True)
+            raise typer.Exit(2) from e
+        except KeyboardInterrupt:
+            typer.echo("interrupted: everything this command started has been stopped", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    help="cutalign: online alignment from natural-language judgments.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Tracebacks on errors, INFO logs."),
+) -> None:
+    """Commands for the embedded platform, the services, training, online runs and experiments."""
+    _state["verbose"] = verbose
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command("config")
@@ -31,6 +77,12 @@ def show_config() -> None:
     typer.echo(config_reference.markdown(), nl=False)
 
 
-demo_cli.register(app)
-experiment_cli.register(app)
-online_cli.register(app)
+for module in (platform, modelinit, train_cli, builder_cli, k8s_cli, judge_cli, feedback_cli, policy_cli):
+    module.register(app)
+for module in (demo, experiment, run):
+    module.register(app)
+
+
+def main() -> None:
+    """The console script."""
+    app()

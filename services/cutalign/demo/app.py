@@ -18,17 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cutalign.config import KafkaSettings, S3Settings
+from cutalign.config import KafkaSettings, OnlineSettings, S3Settings, TrainerSettings
+from cutalign.demo import preset
 from cutalign.demo.basemodel import BaseModelSpec, cached_base_model, fetch_base_model
-from cutalign.experiment.arms import PRESETS
-from cutalign.experiment.compare import ExperimentPlan, iteration_prompts
-from cutalign.experiment.loop import LoopSettings, Prompt
-from cutalign.online.report import OnlineReport
-from cutalign.online.session import Callbacks, SessionSettings, builder_ratio, run_session
+from cutalign.online.session import Callbacks, SessionResult, run_session
 from cutalign.online.stack import StackSettings, new_run_id
 from cutalign.store import ArtifactStore
 
-JUDGMENT_ARM = "span"  # the judgment-based objective the demo runs (see docs/results.md)
+JUDGMENT_ARM = preset.JUDGMENT_ARM
 
 
 @dataclass(frozen=True)
@@ -36,40 +33,31 @@ class DemoSettings:
     """Sizes of the demo; the defaults fit 10 minutes on two CPU cores (measured in docs/results.md)."""
 
     base: BaseModelSpec = field(default_factory=BaseModelSpec)
-    arm: str = JUDGMENT_ARM
-    iterations: int = 3
-    prompts_per_iteration: int = 200
+    online: OnlineSettings = field(default_factory=lambda: OnlineSettings(**preset.ONLINE))
+    trainer: dict[str, Any] = field(default_factory=lambda: dict(preset.TRAINER))
     eval_size: int = 0  # 0: the task's whole held-out set
-    steps: int = 30
-    trainer: dict[str, Any] = field(
-        default_factory=lambda: {
-            "learning_rate": 1e-3,
-            "lora": True,
-            "lora_r": 16,
-            "lora_alpha": 16,
-            "micro_batch_size": 8,
-            "cutoff": 512,
-        }  # fmt: skip
-    )
-    baseline: bool = True
-    seed: int = 0
-    threads: int = 2
-    max_new_tokens: int = 48
 
 
-def demo_prompts(settings: DemoSettings) -> tuple[list[list[Prompt]], list[Prompt]]:
-    """(fresh training prompts per iteration, held-out prompts): the experiment's prompts for the seed."""
-    task = settings.base.task
-    plan = ExperimentPlan(
-        base_model="",
-        arms={settings.arm: PRESETS[settings.arm]},
-        seeds=[settings.seed],
-        train_pool=task.train_prompts(len(task.split()[0])),
-        eval_prompts=task.eval_prompts()[: settings.eval_size or None],
-        prompts_per_iteration=settings.prompts_per_iteration,
-        loop=LoopSettings(iterations=settings.iterations),
-    )
-    return iteration_prompts(plan, settings.seed), list(plan.eval_prompts)
+@dataclass(frozen=True)
+class DemoTask:
+    """The counting task with the held-out set cut to ``eval_size`` (0: all of it)."""
+
+    spec: BaseModelSpec
+    eval_size: int = 0
+
+    name = "counting"
+    judge = "counting"
+    judge_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decoding(self) -> Any:
+        return self.spec.task.decoding
+
+    def train_prompts(self) -> list[dict[str, Any]]:
+        return self.spec.task.train_prompts()
+
+    def eval_prompts(self) -> list[dict[str, Any]]:
+        return self.spec.task.eval_prompts()[: self.eval_size or None]
 
 
 def run_demo(
@@ -80,47 +68,32 @@ def run_demo(
     s3: S3Settings | None = None,
     callbacks: Callbacks | None = None,
     on_base_step: Callable[[int, int, float], None] | None = None,
-) -> OnlineReport:
-    """Run the demo (module doc); returns its report (``cutalign.online.report.write`` writes it)."""
+) -> SessionResult:
+    """Run the demo (module doc); returns its results (``cutalign.experiment.report`` writes them)."""
     run_id = new_run_id()
     work = out_dir / "runs" / run_id
-    arm = dict(PRESETS[settings.arm])
-    prompts, eval_prompts = demo_prompts(settings)
     cached: dict[str, bool] = {}
 
     def base_model(store: ArtifactStore) -> str:
         (callbacks or Callbacks()).stage("base model (init-model + warm start, cached in S3)")
         uri, cached["hit"] = cached_base_model(
-            settings.base, store, work, threads=settings.threads, on_step=on_base_step
+            settings.base, store, work, threads=settings.online.threads, on_step=on_base_step
         )
         return uri
 
     def local_base(uri: str, s3_settings: S3Settings) -> Path:
         return fetch_base_model(uri, ArtifactStore(s3_settings), work / "base")
 
-    report = run_session(
-        SessionSettings(
-            arm=settings.arm,
-            arm_overrides=arm,
-            trainer=settings.trainer,
-            steps=settings.steps,
-            baseline=settings.baseline,
-            seed=settings.seed,
-            threads=settings.threads,
-        ),
-        StackSettings(
-            run_id=run_id,
-            work_dir=work,
-            max_new_tokens=settings.max_new_tokens,
-            align_p_ratio=builder_ratio(arm),
-        ),
+    result = run_session(
+        DemoTask(settings.base, settings.eval_size),
+        settings.online,
+        TrainerSettings(**settings.trainer),
+        StackSettings(run_id=run_id, work_dir=work),
         base_model,
         local_base,
-        prompts,
-        eval_prompts,
         kafka=kafka,
         s3=s3,
         callbacks=callbacks,
     )
-    report.config.update({"demo": asdict(settings), "run_id": run_id, "base_cached": cached.get("hit")})
-    return report
+    result.config.update({"demo": asdict(settings), "run_id": run_id, "base_cached": cached.get("hit")})
+    return result

@@ -9,6 +9,7 @@ built by the same recipe, and changing any setting builds (and caches) a new one
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from pathlib import Path
 from cutalign.cut.location import as_prefix, resolve
 from cutalign.demo.task import CountingTask, tokenizer_corpus, warm_start_examples
 from cutalign.demo.warmstart import WarmStartSettings, warm_start
+from cutalign.errors import UserError
 from cutalign.modelinit import ModelShape, init_model
 from cutalign.store import ArtifactStore, ObjectMissing
 from cutalign.store.layout import base_model_prefix
@@ -126,3 +128,25 @@ def fetch_base_model(uri: str, store: ArtifactStore, directory: Path) -> Path:
         return bound.download_dir(as_prefix(key), directory)
     except ObjectMissing as e:
         raise ObjectMissing(f"{uri} holds no base model; build it with `cutalign demo`") from e
+
+
+def spec_with(options: list[str]) -> BaseModelSpec:
+    """The default spec with ``key=value`` warm-start knobs (of ``WarmStartData`` or ``WarmStartSettings``)
+    changed, e.g. ``habit_share=0.5`` or ``epochs=8``: the ablations of docs/results.md."""
+    spec = BaseModelSpec()
+    for option in options:
+        key, eq, value = option.partition("=")
+        for part in ("data", "training"):
+            section = getattr(spec, part)
+            if eq and key in {f.name for f in dataclasses.fields(section)}:
+                kind = type(getattr(section, key))
+                typed = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+                spec = dataclasses.replace(spec, **{part: dataclasses.replace(section, **{key: typed})})
+                break
+        else:
+            raise UserError(
+                f"warm-start option {option!r} is not key=value with a field of WarmStartData or "
+                "WarmStartSettings",
+                "e.g. --base-option habit_share=0.5",
+            )
+    return spec

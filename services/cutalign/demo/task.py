@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from cutalign.cut.examples import CutExample
+from cutalign.iteration.task import Decoding
 from cutalign.judges.programmatic import CountingJudge
 from cutalign.templates import TEMPLATES, get_template
 
@@ -125,16 +127,48 @@ class CountingTask:
         """The held-out prompts, the same for every iteration."""
         return [make_prompt(s, e) for s, e in self.split()[1]]
 
-    def train_prompts(self, n: int, *, iteration: int = 0) -> list[dict[str, Any]]:
-        """``n`` fresh training prompts for ``iteration`` (0-based): no prompt recurs across iterations."""
-        train = self.split()[0]
-        lo, hi = iteration * n, (iteration + 1) * n
-        if n < 1 or iteration < 0 or hi > len(train):
-            raise ValueError(
-                f"iteration {iteration} x {n} prompts needs {hi} training pairs, the task has {len(train)}; "
-                "use fewer prompts per iteration or widen the number range"
+    def train_prompts(self) -> list[dict[str, Any]]:
+        """Every training prompt, in the split's seeded order: the pool of fresh per-iteration prompts."""
+        return [make_prompt(s, e) for s, e in self.split()[0]]
+
+    # the online loop's view of the task (cutalign.iteration.task.Task); properties, so that the base model's
+    # fingerprint (a hash of this dataclass's fields) does not depend on how the task is decoded or judged
+    @property
+    def name(self) -> str:
+        return "counting"
+
+    @property
+    def judge(self) -> str:
+        return "counting"
+
+    @property
+    def judge_options(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def decoding(self) -> Decoding:
+        """The compact template and a length limit above the longest answer (41 characters)."""
+        return Decoding(template="short", max_new_tokens=48)
+
+    def synthetic_negatives(self, prompts: Sequence[Mapping[str, Any]], seed: int = 0) -> list[CutExample]:
+        """One random local error per prompt, judged: the warm start's kind of judged example, held out."""
+        rng = random.Random(seed)
+        examples = []
+        for p in prompts:
+            response = corrupt(p["start"], p["end"], rng.choice(CORRUPTIONS), rng)
+            verdict = _JUDGE.judge(p["instruction"], response, {"start": p["start"], "end": p["end"]})
+            examples.append(
+                CutExample(
+                    str(p["id"]),
+                    p["instruction"],
+                    "",
+                    response,
+                    verdict.text,
+                    False,
+                    tuple(verdict.error_spans),
+                )
             )
-        return [make_prompt(s, e) for s, e in train[lo:hi]]
+        return examples
 
 
 def corrupt(start: int, end: int, kind: Corruption, rng: random.Random) -> str:

@@ -1,117 +1,121 @@
 """Run several arms over several seeds on identical prompts, base model, judge and step counts.
 
-Seed ``s`` fixes the iteration prompts (a seeded shuffle of the task's training prompts, sliced into fresh,
-disjoint sets per iteration) and the trainer's seed (data order, LoRA init, downsampling): every arm of seed
-``s`` sees exactly the same prompts, and at iteration 1 — same base, greedy decoding — the same judged
-responses (each record's ``data_sha256`` shows it). Only the policy each arm trains makes later iterations'
-responses differ, which is the point of an online comparison.
+Seed ``s`` fixes the iteration prompts (``fresh_prompt_sets``: disjoint slices of a seeded shuffle of the
+task's pool) and the trainer's seed (data order, LoRA init, downsampling): every arm of seed ``s`` sees
+exactly the same prompts, and at iteration 1 — same base, greedy decoding — the same judged responses (each
+record's ``data_sha256``, the hash of its sealed shards, shows it). Only the policy each arm trains makes
+later iterations' responses differ, which is the point of an online comparison.
 
-(arm, seed) runs are independent, so ``workers`` > 1 runs them in parallel processes, one torch thread each.
+Each (arm, seed) run is the in-process driver (``cutalign.iteration.inprocess``) in a bucket of its own, so
+its sealed manifests, checkpoints, evaluations and releases can be inspected afterwards. The base model is
+evaluated once; every run starts from that evaluation (``start_run``). Runs are independent, so
+``workers`` > 1 runs them in parallel processes, one torch thread each.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
-from cutalign.experiment.loop import IterationRecord, LoopSettings, Prompt, accuracy_of, respond, run_arm
+import torch
+
+from cutalign.config import OnlineSettings, S3Settings, TrainerSettings
+from cutalign.iteration.arms import run_loop
+from cutalign.iteration.evaluate import EvalReport, evaluate_policy
+from cutalign.iteration.inprocess import run_inprocess
+from cutalign.iteration.record import IterationRecord, read_record, start_run
+from cutalign.iteration.task import Task, fresh_prompt_sets
 from cutalign.judges.loader import load_judge
-from cutalign.policy.loading import load_policy
+from cutalign.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ExperimentPlan:
-    base_model: str  # a local HF model directory
+    task: Task
+    base_model: str  # a local HF model directory or an s3:// prefix of the store
     arms: Mapping[str, Mapping[str, Any]]  # name -> TrainerSettings overrides
     seeds: Sequence[int]
-    train_pool: Sequence[Prompt]  # prompts to draw each iteration's fresh set from
-    eval_prompts: Sequence[Prompt]
-    prompts_per_iteration: int
-    judge: str = "counting"  # entry point or module:Class
-    judge_options: Mapping[str, Any] | None = None
-    loop: LoopSettings = LoopSettings()
+    online: OnlineSettings  # iterations, prompts per iteration, steps, threads
+    trainer: TrainerSettings  # shared by every arm
+    s3: S3Settings  # where each run's bucket is made
+    run_id: str  # names the runs' buckets
     workers: int = 1
 
     def __post_init__(self) -> None:
-        need = self.loop.iterations * self.prompts_per_iteration
-        if need > len(self.train_pool):
-            raise ValueError(
-                f"{self.loop.iterations} iterations x {self.prompts_per_iteration} prompts need {need} "
-                f"training prompts; the pool has {len(self.train_pool)}"
-            )
         if not self.arms or not self.seeds:
             raise ValueError("an experiment needs at least one arm and one seed")
+
+    def prompt_sets(self, seed: int) -> list[list[Any]]:
+        o = self.online
+        return fresh_prompt_sets(self.task.train_prompts(), o.iterations, o.prompts_per_iteration, seed)
+
+    def bucket(self, arm: str, seed: int) -> str:
+        name = "".join(c if c.isalnum() else "-" for c in arm.lower())
+        return f"cutalign-exp-{self.run_id}-{name}-{seed}"[:63].rstrip("-")
 
 
 @dataclass(frozen=True)
 class RunResult:
     arm: str
     seed: int
-    records: list[IterationRecord]
+    records: list[IterationRecord]  # iteration 0 (the base model) first
+    bucket: str = ""
 
 
-def iteration_prompts(plan: ExperimentPlan, seed: int) -> list[list[Prompt]]:
-    """Seed ``seed``'s fresh prompts for each iteration: disjoint slices of a seeded shuffle of the pool."""
-    pool = list(plan.train_pool)
-    random.Random(f"prompts-{seed}").shuffle(pool)
-    n = plan.prompts_per_iteration
-    return [pool[i * n : (i + 1) * n] for i in range(plan.loop.iterations)]
+def base_report(plan: ExperimentPlan) -> EvalReport:
+    """The base model's held-out evaluation: iteration 0 of every arm and seed."""
+    decoding = plan.task.decoding
+    return evaluate_policy(
+        plan.base_model,
+        plan.task.eval_prompts(),
+        load_judge(plan.task.judge, plan.task.judge_options),
+        s3=plan.s3,
+        template=decoding.template,
+        max_new_tokens=decoding.max_new_tokens,
+        batch_size=decoding.batch_size,
+    )
 
 
-def base_accuracy(plan: ExperimentPlan) -> float:
-    """The base model's held-out accuracy: iteration 0 of every arm and seed."""
-    judge = load_judge(plan.judge, plan.judge_options)
-    policy = load_policy(plan.base_model)
-    return accuracy_of(respond(policy, plan.eval_prompts, judge, plan.loop.decoding))
-
-
-def _run_one(plan: ExperimentPlan, arm: str, seed: int, accuracy0: float, threads: int) -> RunResult:
-    loop = LoopSettings(**{**asdict(plan.loop), "threads": threads})
-    with tempfile.TemporaryDirectory(prefix=f"cutalign-exp-{arm}-{seed}-") as work:
-        records = run_arm(
-            plan.base_model,
-            plan.arms[arm],
-            iteration_prompts(plan, seed),
-            plan.eval_prompts,
-            load_judge(plan.judge, plan.judge_options),
-            loop,
-            Path(work),
-            seed=seed,
-            base_accuracy=accuracy0,
-        )
-    return RunResult(arm, seed, records)
+def run_one(plan: ExperimentPlan, arm: str, seed: int, base: EvalReport, threads: int) -> RunResult:
+    """One (arm, seed) run in its own bucket."""
+    torch.set_num_threads(threads)
+    bucket = plan.bucket(arm, seed)
+    store = ArtifactStore(plan.s3.model_copy(update={"bucket": bucket}))
+    store.ensure_bucket()
+    loop = run_loop(
+        plan.trainer, plan.arms[arm], steps=plan.online.steps, seed=seed, template=plan.task.decoding.template
+    )
+    start_run(store, plan.base_model, base, model_id=f"{arm}-seed{seed}", s3=plan.s3)
+    records = run_inprocess(store, plan.task, plan.prompt_sets(seed), loop)
+    return RunResult(arm, seed, [read_record(store, 0, loop.trainer.objective), *records], bucket)
 
 
 def run_experiment(
     plan: ExperimentPlan, on_result: Callable[[RunResult], None] | None = None
-) -> tuple[float, list[RunResult]]:
-    """(base accuracy, one result per (arm, seed)), results in (arm, seed) order."""
-    accuracy0 = base_accuracy(plan)
-    log.info("base model %s: held-out accuracy %.3f", plan.base_model, accuracy0)
+) -> tuple[EvalReport, list[RunResult]]:
+    """(the base model's evaluation, one result per (arm, seed)), results in (arm, seed) order."""
+    torch.set_num_threads(plan.online.threads)
+    base = base_report(plan)
+    log.info("base model %s: held-out accuracy %.3f", plan.base_model, base.accuracy)
     jobs = [(arm, seed) for arm in plan.arms for seed in plan.seeds]
     results: dict[tuple[str, int], RunResult] = {}
     if plan.workers <= 1:
         for arm, seed in jobs:
-            results[arm, seed] = _run_one(plan, arm, seed, accuracy0, plan.loop.threads)
+            results[arm, seed] = run_one(plan, arm, seed, base, plan.online.threads)
             if on_result is not None:
                 on_result(results[arm, seed])
     else:
         with ProcessPoolExecutor(plan.workers, mp_context=get_context("spawn")) as pool:
-            futures = {
-                pool.submit(_run_one, plan, arm, seed, accuracy0, 1): (arm, seed) for arm, seed in jobs
-            }
+            futures = {pool.submit(run_one, plan, arm, seed, base, 1): (arm, seed) for arm, seed in jobs}
             for future in as_completed(futures):
                 result = future.result()
                 results[futures[future]] = result
                 if on_result is not None:
                     on_result(result)
-    return accuracy0, [results[job] for job in jobs]
+    return base, [results[job] for job in jobs]

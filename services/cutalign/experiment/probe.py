@@ -5,8 +5,8 @@ trainer's computation (its tokenization, collator, forward pass and ``cut_loss``
 gradient, on two sets of judged negatives with known error spans:
 
 * the policy's **own** wrong responses to the held-out prompts — what online training actually sees;
-* **synthetic** responses with one random local error (``cutalign.demo.task.corrupt``) — what the warm start's
-  judgment-conditioned examples look like.
+* for a task that can make them, **synthetic** responses with one known local error (the counting task's
+  ``synthetic_negatives``) — what the warm start's judgment-conditioned examples look like.
 
 The gap between the two is the point: a model can read judgments about errors it would not make (the ratio
 can grow large when the plain model finds the token unlikely) and still miss its own confident mistakes —
@@ -16,7 +16,6 @@ only if the judgment lifts it above 0.77.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import torch
@@ -28,9 +27,7 @@ from cutalign.cut.examples import CutExample
 from cutalign.cut.loss import cut_loss
 from cutalign.cut.modeling import load_tokenizer
 from cutalign.cut.objectives import CutObjective, forward_logits
-from cutalign.demo.task import CORRUPTIONS, corrupt
-from cutalign.experiment.loop import Judged, Prompt
-from cutalign.judges.base import Judge, run_judge
+from cutalign.iteration.respond import Judged
 
 
 def own_negatives(judged: Sequence[Judged]) -> list[CutExample]:
@@ -40,21 +37,6 @@ def own_negatives(judged: Sequence[Judged]) -> list[CutExample]:
         for j in judged
         if not j.positive and j.error_spans
     ]
-
-
-def synthetic_negatives(prompts: Sequence[Prompt], judge: Judge, seed: int = 0) -> list[CutExample]:
-    """One random local error per counting prompt, judged (the warm start's judged examples, held out)."""
-    rng = random.Random(seed)
-    examples = []
-    for p in prompts:
-        response = corrupt(p["start"], p["end"], rng.choice(CORRUPTIONS), rng)
-        verdict = run_judge(judge, p["instruction"], response, {"start": p["start"], "end": p["end"]})
-        examples.append(
-            CutExample(
-                str(p["id"]), p["instruction"], "", response, verdict.text, False, tuple(verdict.error_spans)
-            )
-        )
-    return examples
 
 
 def detection_of(

@@ -1,11 +1,13 @@
-"""An experiment's results as numbers a reader can check: mean ± spread over seeds, per arm and iteration.
+"""The results of an online run or experiment as numbers a reader can check: mean ± spread over seeds, per arm
+and iteration — the one report of ``cutalign experiment``, ``cutalign run`` and ``cutalign demo``.
 
 Spread is the sample standard deviation over seeds (0 with one seed). Because every arm of a seed shares its
 prompts, arms are also compared *paired*: per seed, the arm's accuracy minus the reference arm's (SFT on
 positives by default), then mean ± std of those differences. An arm "beats" the reference at an iteration
 when its mean exceeds the reference's by more than both spreads added (the 1-σ bands do not overlap).
 
-Writes ``results.json`` (everything, per seed), ``results.md`` (the table) and ``accuracy.png``.
+Writes ``report.json`` (everything, per seed), ``report.md`` (the table) and ``accuracy.png``; prints tables
+that fit an 80-column terminal (arms as rows, iterations as columns; per-iteration details of one run).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cutalign.experiment.arms import describe
+from rich.table import Table
+
 from cutalign.experiment.compare import RunResult
+from cutalign.iteration.arms import describe
 
 TRAIN_METRICS = ("tokens/flagged_fraction", "detection/precision", "detection/recall")
 
@@ -36,7 +40,7 @@ class Stat:
         )
 
     def __str__(self) -> str:
-        return f"{self.mean:.3f} ± {self.std:.3f}"
+        return f"{self.mean:.3f} ± {self.std:.3f}" if self.n > 1 else f"{self.mean:.3f}"
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,7 @@ def summarize(
             per_seed = [
                 statistics.fmean(values)
                 for s in seeds
-                if (
-                    values := [
-                        rec.train_metrics[name] for rec in runs[s].records[1:] if name in rec.train_metrics
-                    ]
-                )
+                if (values := [rec.metrics[name] for rec in runs[s].records[1:] if name in rec.metrics])
             ]
             if per_seed:
                 metrics[name] = Stat.of(per_seed)
@@ -153,6 +153,34 @@ def plot(summaries: Sequence[ArmSummary], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def accuracy_table(summaries: Sequence[ArmSummary], title: str) -> Table:
+    """Arms as rows, iterations as columns: fits 80 columns for a few iterations (one seed: no ± spread)."""
+    out = Table(title=title, title_justify="left")
+    out.add_column("arm", overflow="fold")
+    for i in range(len(summaries[0].accuracy)):
+        out.add_column(f"iter {i}", justify="right")
+    for s in summaries:
+        out.add_row(s.arm, *(str(a) for a in s.accuracy))
+    return out
+
+
+def iteration_table(result: RunResult) -> Table:
+    """One run's iterations: the data it trained on, what detection found, how long each took."""
+    out = Table(title=f"{result.arm}, seed {result.seed}: per iteration", title_justify="left")
+    for name in ("iter", "accuracy", "pos/neg", "steps", "flagged", "precision", "recall", "time (s)"):
+        out.add_column(name, justify="right")
+    for r in result.records:
+        metrics = [
+            f"{r.metrics[m]:.3f}" if m in r.metrics else "—"
+            for m in ("tokens/flagged_fraction", "detection/precision", "detection/recall")
+        ]
+        pos_neg = f"{r.positives}/{r.negatives}" if r.iteration else "—"
+        steps = str(r.steps) if r.iteration else "—"
+        took = f"{sum(r.seconds.values()):.0f}" if r.seconds else "—"
+        out.add_row(str(r.iteration), f"{r.accuracy:.3f}", pos_neg, steps, *metrics, took)
+    return out
+
+
 def write_report(
     out_dir: Path,
     *,
@@ -163,7 +191,7 @@ def write_report(
     reference: str | None = "sft",
     detection_probe: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[ArmSummary]:
-    """Write results.json, results.md and accuracy.png under ``out_dir``; returns the summaries.
+    """Write report.json, report.md and accuracy.png under ``out_dir``; returns the summaries.
 
     ``detection_probe`` (``cutalign.experiment.probe``) is the base model's ratio detection per example set.
     """
@@ -177,7 +205,7 @@ def write_report(
         "summary": [asdict(s) for s in summaries],
         "runs": [asdict(r) for r in results],
     }
-    (out_dir / "results.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
-    (out_dir / "results.md").write_text(markdown_table(summaries, ref) + probe_lines(detection_probe or {}))
+    (out_dir / "report.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
+    (out_dir / "report.md").write_text(markdown_table(summaries, ref) + probe_lines(detection_probe or {}))
     plot(summaries, out_dir / "accuracy.png", f"held-out accuracy, {summaries[0].accuracy[0].n} seed(s)")
     return summaries

@@ -17,6 +17,7 @@ from typing import Any
 from cutalign.config import IterationSettings, S3Settings
 from cutalign.iteration.evaluate import ACCURACY, EvalReport, detection_metrics, evaluate_policy, record_eval
 from cutalign.iteration.promote import GateDecision, gate, released_accuracy
+from cutalign.iteration.task import Prompt
 from cutalign.iteration.train import read_metrics
 from cutalign.judges.base import Judge
 from cutalign.store import ArtifactStore
@@ -49,7 +50,7 @@ def assess_candidate(
     iteration: int,
     candidate_uri: str,
     starting_policy_uri: str,
-    eval_prompts: Sequence[dict[str, Any]],
+    eval_prompts: Sequence[Prompt],
     judge: Judge,
     settings: IterationSettings,
     training_metrics_uri: str | None = None,

@@ -1,8 +1,8 @@
 """Step 5: evaluate a policy on the held-out prompt set, exactly as it would be served and judged.
 
-Each eval prompt is formatted with the plain template (the one generation uses), decoded greedily with the
-project's one decoding routine (``cutalign.policy.generation.generate``, which the policy server also runs),
-and judged by the configured judge plug-in. Accuracy is the fraction judged positive. The report also carries
+Each eval prompt is answered and judged by :func:`cutalign.iteration.respond.respond` (the plain template,
+greedy decoding with the routine the policy server runs, the configured judge plug-in). Accuracy is the
+fraction judged positive. The report also carries
 the counts and, when the trainer measured them, its detection metrics (``detection/precision``, ...,
 averaged over the run's steps), under the project's metric names so KFP, logs and Prometheus agree.
 
@@ -16,18 +16,14 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
 
 from cutalign.config import S3Settings
-from cutalign.iteration.prompts import reference_of
-from cutalign.judges.base import Judge, run_judge
-from cutalign.policy.generation import SamplingParams, generate
+from cutalign.iteration.respond import Judged, respond
+from cutalign.iteration.task import Decoding, Prompt
+from cutalign.judges.base import Judge
 from cutalign.policy.loading import load_policy
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key
-from cutalign.templates import get_template, join_input
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +33,10 @@ TOTAL = "eval/total"
 
 
 @dataclass(frozen=True)
-class EvalResult:
-    prompt_id: str
-    response: str
-    positive: bool
-    judgment: str
-    finish_reason: str
-
-
-@dataclass(frozen=True)
 class EvalReport:
     policy_uri: str
     policy_sha256: str
-    results: list[EvalResult]
+    results: list[Judged]
     extra_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -85,7 +72,7 @@ class EvalReport:
 
 def evaluate_policy(
     policy_uri: str,
-    prompts: Sequence[dict[str, Any]],
+    prompts: Sequence[Prompt],
     judge: Judge,
     *,
     s3: S3Settings | None,
@@ -98,25 +85,7 @@ def evaluate_policy(
     if not prompts:
         raise ValueError("the eval set is empty: give a held-out prompt set with at least one prompt")
     policy = load_policy(policy_uri, s3=s3, device=device)
-    tpl = get_template(template)
-    texts = [tpl.format_plain(p["instruction"], p.get("input", "")) for p in prompts]
-    with torch.inference_mode():
-        generated = generate(
-            policy.model,
-            policy.tokenizer,
-            texts,
-            SamplingParams(max_new_tokens=max_new_tokens),
-            batch_size=batch_size,
-        )
-    results = []
-    for prompt, out in zip(prompts, generated, strict=True):
-        reference = reference_of(prompt) or None
-        judgment = run_judge(
-            judge, join_input(prompt["instruction"], prompt.get("input", "")), out.text, reference
-        )
-        results.append(
-            EvalResult(prompt["id"], out.text, judgment.positive, judgment.text, out.finish_reason)
-        )
+    results = respond(policy, prompts, judge, Decoding(template, max_new_tokens, batch_size))
     report = EvalReport(policy_uri, policy.version.checkpoint_sha256, results)
     log.info(
         "evaluated %s: accuracy %.3f (%d/%d)", policy_uri, report.accuracy, report.positives, report.total

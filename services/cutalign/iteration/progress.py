@@ -15,11 +15,13 @@ sealed is done: a retried pipeline step returns at once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cutalign.builder.shards import list_shard_manifests
 from cutalign.config import KafkaSettings
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 
 class IterationStalled(RuntimeError):
     """The deadline passed with fewer durable examples than the iteration needs."""
+
+
+class IterationAborted(RuntimeError):
+    """The abort file appeared: something the iteration depends on failed (its text says what)."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +83,14 @@ def wait_for_iteration(
     deadline_s: float,
     min_count: int = 1,
     poll_interval_s: float = 2.0,
+    abort_file: str | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> IterationProgress:
     """Block until ``target`` inputs are accounted for (see module doc) or ``deadline_s`` passes.
 
     ``kafka`` given: dead letters are counted (the wait polls the dead-letter topic between reads of S3).
-    Raises ``IterationStalled`` at the deadline with fewer than ``min_count`` durable examples.
+    Raises ``IterationStalled`` at the deadline with fewer than ``min_count`` durable examples, and
+    ``IterationAborted`` as soon as ``abort_file`` exists.
     """
     if target < 1:
         raise ValueError(f"target must be at least 1, got {target}")
@@ -90,6 +98,8 @@ def wait_for_iteration(
     with ExitStack() as stack:
         counter = stack.enter_context(DeadLetterCounter(kafka, iteration)) if kafka is not None else None
         while True:
+            if abort_file is not None and os.path.exists(abort_file):
+                raise IterationAborted(f"iteration {iteration}: {Path(abort_file).read_text().strip()}")
             dead = counter.poll(0.0) if counter is not None else 0
             progress = durable_progress(store, iteration, dead)
             if progress.sealed:

@@ -1,74 +1,77 @@
-"""One online run, from a base model and prompt sets to a report: what ``cutalign demo`` and ``cutalign run``
-both do, for the counting task and for a user's own task.
+"""One online run of a task, from a base model to results: what ``cutalign demo`` and ``cutalign run`` do.
 
 1. start the stack (``online.stack``): platform, run namespace, policy server on the base model, services;
-2. evaluate the base model on the held-out prompts (iteration 0), in-process, exactly as the pipeline does;
-3. run the iterations of the judgment-based objective through the KFP pipeline (``online.runner``);
-4. stop the stack, then — if asked — run SFT on positives in-process on the same prompts, judge, base model,
-   trainer settings and step counts (``experiment.loop``): the baseline the judgment arm must beat.
+2. evaluate the base model on the held-out prompts in-process and record it as iteration 0 (``start_run``);
+3. run the iterations of the judgment-based arm through the KFP pipeline and the services
+   (``online.pipeline``);
+4. if asked, run SFT on positives in-process (``iteration.inprocess``) on the same prompts, judge, base model,
+   trainer settings and step counts, in a bucket of its own: the baseline the judgment arm must beat.
+
+The results are the experiment's (``cutalign.experiment.compare.RunResult``): one run per arm, one seed, so
+one report (``cutalign.experiment.report``) serves runs, demos and experiments.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cutalign.config import KafkaSettings, S3Settings
-from cutalign.experiment.arms import PRESETS
-from cutalign.experiment.loop import Decoding, IterationRecord, LoopSettings, accuracy_of, respond, run_arm
-from cutalign.judges.loader import load_judge, parse_options
-from cutalign.online.report import OnlineReport
-from cutalign.online.runner import OnlineIteration, pipeline_params, run_online
+from cutalign.config import KafkaSettings, OnlineSettings, S3Settings, TrainerSettings
+from cutalign.experiment.compare import RunResult
+from cutalign.iteration.arms import PRESETS, parse_arm, run_loop
+from cutalign.iteration.evaluate import evaluate_policy
+from cutalign.iteration.inprocess import run_inprocess
+from cutalign.iteration.record import IterationRecord, read_record, start_run
+from cutalign.iteration.task import Task, fresh_prompt_sets
+from cutalign.judges.loader import load_judge
+from cutalign.online.pipeline import run_pipeline
 from cutalign.online.stack import StackSettings, local_stack
-from cutalign.policy.loading import load_policy
 from cutalign.store import ArtifactStore
 
-KEEP_ALL_POSITIVES = 1e9  # builder align_p_ratio that keeps every positive
-Prompt = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    arm: str  # name of the judgment-based objective
-    arm_overrides: Mapping[str, Any]  # its TrainerSettings fields (align_p_ratio: the builder's downsampling)
-    trainer: Mapping[str, Any] = field(default_factory=dict)  # shared by both arms
-    steps: int = 30
-    baseline: bool = True
-    seed: int = 0
-    threads: int = 2
-    deadline_s: float = 900.0  # longest wait for one iteration's generation and judging
+BASELINE = "sft"
 
 
 @dataclass
 class Callbacks:
     stage: Callable[[str], None] = lambda name: None
-    task: Callable[[int, str], None] | None = None
-    iteration: Callable[[OnlineIteration], None] | None = None
-    baseline: Callable[[IterationRecord], None] | None = None
+    task: Callable[[int, str], None] | None = None  # (iteration, pipeline task) as each task starts
+    record: Callable[[str, IterationRecord], None] | None = None  # (arm, record) as each iteration ends
+
+
+@dataclass
+class SessionResult:
+    arms: dict[str, dict[str, Any]]  # name -> TrainerSettings overrides, the judgment arm first
+    base_accuracy: float
+    results: list[RunResult]
+    config: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
 
 
 def run_session(
-    settings: SessionSettings,
+    task: Task,
+    online: OnlineSettings,
+    trainer: TrainerSettings,
     stack_settings: StackSettings,
     base_model: Callable[[ArtifactStore], str],
     local_base: Callable[[str, S3Settings], Path],
-    prompts: Sequence[Sequence[Prompt]],
-    eval_prompts: Sequence[Prompt],
     *,
     kafka: KafkaSettings | None = None,
     s3: S3Settings | None = None,
     callbacks: Callbacks | None = None,
-) -> OnlineReport:
+) -> SessionResult:
     """Run the session (module doc). ``base_model(store)`` returns the URI to serve and train from;
-    ``local_base(uri, s3)`` a local copy of it for the in-process evaluation and baseline."""
+    ``local_base(uri, s3)`` a local copy of it for the in-process evaluation."""
     cb = callbacks or Callbacks()
-    work = stack_settings.work_dir
-    judge = load_judge(stack_settings.judge, parse_options(stack_settings.judge_options_json))
-    decoding = Decoding(stack_settings.template, stack_settings.max_new_tokens)
-    trainer = {**settings.trainer, **settings.arm_overrides}
+    arm, overrides = parse_arm(online.arm)
+    prompt_sets = fresh_prompt_sets(
+        task.train_prompts(), online.iterations, online.prompts_per_iteration, online.seed
+    )
+    template = task.decoding.template
+    loop = run_loop(trainer, overrides, steps=online.steps, seed=online.seed, template=template)
+    judge = load_judge(task.judge, task.judge_options)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     holder: dict[str, str] = {}
@@ -79,87 +82,67 @@ def run_session(
         seconds["base model"] = time.perf_counter() - t
         return holder["uri"]
 
+    stack_settings = stack_settings.for_task(task, loop.align_p_ratio)
     with local_stack(stack_settings, timed_base, kafka=kafka, s3=s3, on_stage=cb.stage) as stack:
         seconds["platform + services"] = time.perf_counter() - started - seconds["base model"]
-        base_dir = local_base(holder["uri"], stack.s3)
         cb.stage("evaluating the base model (iteration 0)")
         t = time.perf_counter()
-        base_accuracy = accuracy_of(respond(load_policy(str(base_dir)), eval_prompts, judge, decoding))
-        seconds["base evaluation"] = time.perf_counter() - t
-        cb.stage(f"online iterations of {settings.arm} through the services and the KFP pipeline")
-        t = time.perf_counter()
-        params = pipeline_params(
-            stack,
-            trainer,
-            judge=stack_settings.judge,
-            judge_options_json=stack_settings.judge_options_json,
-            steps=settings.steps,
-            template=stack_settings.template,
-            max_new_tokens=stack_settings.max_new_tokens,
-            deadline_s=settings.deadline_s,
-        )
-        iterations = run_online(
-            stack,
-            base_model_uri=holder["uri"],
-            prompts=prompts,
-            eval_prompts=eval_prompts,
-            params=params,
-            objective=str(trainer.get("objective", "cut")),
-            work_dir=work,
-            on_task=cb.task,
-            on_iteration=cb.iteration,
-        )
-        seconds["online iterations"] = time.perf_counter() - t
-        bucket = stack.store.bucket
-    baseline = None
-    if settings.baseline:
-        cb.stage("baseline: SFT on positives, same prompts, judge, base and steps (in-process)")
-        t = time.perf_counter()
-        loop = LoopSettings(
-            iterations=len(prompts),
-            steps=settings.steps,
-            template=stack_settings.template,
-            max_new_tokens=stack_settings.max_new_tokens,
-            threads=settings.threads,
-            trainer=dict(settings.trainer),
-        )
-        (work / "sft").mkdir(parents=True, exist_ok=True)
-        baseline = run_arm(
-            str(base_dir),
-            PRESETS["sft"],
-            prompts,
-            eval_prompts,
+        decoding = task.decoding
+        base = evaluate_policy(
+            str(local_base(holder["uri"], stack.s3)),
+            task.eval_prompts(),
             judge,
-            loop,
-            work / "sft",
-            seed=settings.seed,
-            base_accuracy=base_accuracy,
-            on_record=cb.baseline,
+            s3=None,
+            template=decoding.template,
+            max_new_tokens=decoding.max_new_tokens,
+            batch_size=decoding.batch_size,
         )
-        seconds["sft baseline"] = time.perf_counter() - t
+        start_run(stack.store, holder["uri"], base, model_id="base")
+        seconds["base evaluation"] = time.perf_counter() - t
+        cb.stage(f"online iterations of {arm} through the services and the KFP pipeline")
+        t = time.perf_counter()
+        records = run_pipeline(
+            stack,
+            task,
+            prompt_sets,
+            loop,
+            work_dir=stack_settings.work_dir,
+            deadline_s=online.deadline_s,
+            on_task=cb.task,
+            on_record=None if cb.record is None else lambda r: cb.record(arm, r),  # type: ignore[misc]
+        )
+        run = read_record(stack.store, 0, loop.trainer.objective)
+        results = [RunResult(arm, online.seed, [run, *records], stack.store.bucket)]
+        seconds["online iterations"] = time.perf_counter() - t
+        arms = {arm: overrides}
+        if online.baseline:
+            cb.stage("baseline: SFT on positives, same prompts, judge, base and steps (in-process)")
+            t = time.perf_counter()
+            store = ArtifactStore(stack.s3.model_copy(update={"bucket": f"{stack.store.bucket}-{BASELINE}"}))
+            store.ensure_bucket()
+            baseline = run_loop(
+                trainer, PRESETS[BASELINE], steps=online.steps, seed=online.seed, template=template
+            )
+            start_run(store, holder["uri"], base, model_id=BASELINE)
+            sft = run_inprocess(
+                store,
+                task,
+                prompt_sets,
+                baseline,
+                on_record=None if cb.record is None else lambda r: cb.record(BASELINE, r),  # type: ignore[misc]
+            )
+            results.append(RunResult(BASELINE, online.seed, [run, *sft], store.bucket))
+            arms[BASELINE] = dict(PRESETS[BASELINE])
+            seconds["sft baseline"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
-    return OnlineReport(
-        arm=settings.arm,
-        arm_overrides=dict(settings.arm_overrides),
-        base_accuracy=base_accuracy,
-        iterations=iterations,
-        baseline=baseline,
-        config={
-            "base_model": holder["uri"],
-            "bucket": bucket,
-            "run_dir": str(work),
-            "steps_per_iteration": settings.steps,
-            "prompts_per_iteration": [len(p) for p in prompts],
-            "eval_prompts": len(eval_prompts),
-            "trainer": dict(settings.trainer),
-            "template": stack_settings.template,
-            "judge": stack_settings.judge,
-        },
-        seconds=seconds,
-    )
-
-
-def builder_ratio(arm_overrides: Mapping[str, Any]) -> float:
-    """The builder's Align-P ratio for an arm: its ``align_p_ratio``, or keep every positive when None."""
-    ratio = arm_overrides.get("align_p_ratio", 0.25)
-    return KEEP_ALL_POSITIVES if ratio is None else float(ratio)
+    config = {
+        "task": task.name,
+        "base_model": holder["uri"],
+        "run_dir": str(stack_settings.work_dir),
+        "online": online.model_dump(),
+        "trainer": trainer.model_dump(mode="json"),
+        "judge": task.judge,
+        "template": template,
+        "eval_prompts": len(task.eval_prompts()),
+    }
+    return SessionResult(arms, base.accuracy, results, config, seconds)

@@ -18,6 +18,8 @@ previous environment is restored on exit.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -43,6 +45,7 @@ from cutalign.config import (
     S3Settings,
 )
 from cutalign.generator.service import run as run_generator
+from cutalign.iteration.task import Task
 from cutalign.judging.service import run as run_judge
 from cutalign.platform import LocalPlatform
 from cutalign.policy.launcher import PolicyServerProcess, start_policy_server
@@ -61,15 +64,26 @@ class StackSettings:
 
     run_id: str
     work_dir: Path
-    template: str = "short"
-    max_new_tokens: int = 48
+    template: str = "plain"
+    max_new_tokens: int = 64
     judge: str = "counting"
     judge_options_json: str = "{}"
-    align_p_ratio: float = 0.25  # builder's Align-P downsampling (large: keep every positive)
+    align_p_ratio: float | None = 0.25  # builder's Align-P downsampling (None: keep every positive)
     server_threads: int = 1
     server_batch_size: int = 32
     poll_interval_s: float = 0.5
     env: dict[str, str] = field(default_factory=dict)  # extra environment for pipeline tasks
+
+    def for_task(self, task: Task, align_p_ratio: float | None) -> StackSettings:
+        """These settings with the task's decoding and judge, and the run's Align-P downsampling."""
+        return dataclasses.replace(
+            self,
+            template=task.decoding.template,
+            max_new_tokens=task.decoding.max_new_tokens,
+            judge=task.judge,
+            judge_options_json=json.dumps(dict(task.judge_options)),
+            align_p_ratio=align_p_ratio,
+        )
 
 
 @dataclass
@@ -86,10 +100,16 @@ class Stack:
 
 
 class ServiceThreads:
-    """Each service's blocking loop in a daemon thread; ``check`` re-raises the first failure."""
+    """Each service's blocking loop in a daemon thread; ``check`` re-raises the first failure.
 
-    def __init__(self) -> None:
+    A service that stops with an error (or returns before ``stop`` is set) also writes its error to
+    ``abort_file``: the pipeline's wait step (``CUTALIGN_ITERATION_ABORT_FILE``) fails as soon as it appears,
+    so the run ends with the service's error instead of waiting for judgments that will never come.
+    """
+
+    def __init__(self, abort_file: Path | None = None) -> None:
         self.stop = threading.Event()
+        self.abort_file = abort_file
         self.errors: list[tuple[str, BaseException]] = []
         self.threads: list[threading.Thread] = []
 
@@ -97,9 +117,13 @@ class ServiceThreads:
         def guarded() -> None:
             try:
                 target()
+                if not self.stop.is_set():
+                    raise ServiceFailed(f"the {name} service stopped on its own")
             except BaseException as e:  # handed to the main thread by check()
                 log.exception("service %s failed", name)
                 self.errors.append((name, e))
+                if self.abort_file is not None and not self.stop.is_set():
+                    self.abort_file.write_text(f"the {name} service failed: {e}")
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
@@ -241,9 +265,12 @@ def local_stack(
         store = ArtifactStore(run_s3)
         store.ensure_bucket()
         provision_topics(run_kafka)
+        abort_file = _mkdir(settings.work_dir) / "services-failed.txt"
+        abort_file.unlink(missing_ok=True)
         env = {
             **settings_env(run_kafka, run_s3),
             "CUTALIGN_ITERATION_POLL_INTERVAL_S": str(settings.poll_interval_s),
+            "CUTALIGN_ITERATION_ABORT_FILE": str(abort_file),
             "TMPDIR": str(_mkdir(settings.work_dir / "tmp")),  # the local runner leaves a dir per task
             **settings.env,
         }
@@ -261,7 +288,7 @@ def local_stack(
         stack.callback(server.stop)
 
         stage("services")
-        services = ServiceThreads()
+        services = ServiceThreads(abort_file)
         stack.callback(services.close)
         policy = PolicySettings(
             url=server.url,

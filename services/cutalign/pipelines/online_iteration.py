@@ -78,6 +78,7 @@ def wait_for_judging(
         deadline_s=settings.deadline_s,
         min_count=settings.min_count,
         poll_interval_s=settings.poll_interval_s,
+        abort_file=settings.abort_file,
     )
     return progress.examples
 

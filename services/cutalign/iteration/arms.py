@@ -1,4 +1,4 @@
-"""The objectives an experiment compares, as named ``TrainerSettings`` overrides ("arms").
+"""The objectives an online run can train, as named ``TrainerSettings`` overrides ("arms").
 
 Presets (method page §4-§5 and issue 8's detection options); every arm trains the same number of steps on
 the same judged responses, and differs only in these fields:
@@ -18,16 +18,21 @@ the same judged responses, and differs only in these fields:
 
 A custom arm is ``name:key=value,key=value`` with ``TrainerSettings`` field names, e.g.
 ``span-a05:objective=cut,span_mode=span,unlikelihood_weight=0.5,align_p_ratio=none``.
+
+An arm's ``align_p_ratio`` is the target builder's Align-P downsampling when its data are sealed (None keeps
+every positive); :func:`run_loop` turns an arm into the settings every iteration of a run trains with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
 from cutalign.config import TrainerSettings
+from cutalign.errors import UserError
+from cutalign.iteration.inprocess import Loop
 
 ALL_POSITIVES: dict[str, Any] = {"align_p_ratio": None}
 
@@ -56,26 +61,30 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_ARMS = tuple(PRESETS)  # the comparison in docs/results.md
 
 
+class ArmError(UserError, ValueError):
+    """An arm that is neither a preset nor ``name:key=value,...`` of valid TrainerSettings fields."""
+
+
 def parse_arm(spec: str) -> tuple[str, dict[str, Any]]:
     """A preset name, or ``name:key=value,...`` (values as TrainerSettings would read them from the env)."""
     name, sep, body = spec.partition(":")
     name = name.strip()
     if not sep:
         if name not in PRESETS:
-            raise ValueError(
-                f"unknown arm {name!r}: use a preset ({', '.join(PRESETS)}) or name:key=value,..."
+            raise ArmError(
+                f"unknown arm {name!r}", f"use a preset ({', '.join(PRESETS)}) or name:key=value,..."
             )
         return name, dict(PRESETS[name])
     overrides: dict[str, Any] = {}
     for pair in filter(None, (p.strip() for p in body.split(","))):
         key, eq, value = pair.partition("=")
         if not eq or key not in TrainerSettings.model_fields:
-            raise ValueError(f"arm {name!r}: {pair!r} is not key=value with a TrainerSettings field as key")
+            raise ArmError(f"arm {name!r}: {pair!r} is not key=value with a TrainerSettings field as key")
         overrides[key] = None if value.lower() in ("none", "null") else value
     try:
         checked = TrainerSettings(**overrides)
     except ValidationError as e:
-        raise ValueError(f"arm {name!r}: {e}") from e
+        raise ArmError(f"arm {name!r}: {e}") from e
     return name, {key: getattr(checked, key) for key in overrides}
 
 
@@ -84,7 +93,7 @@ def parse_arms(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
     for spec in specs:
         name, overrides = parse_arm(spec)
         if name in arms:
-            raise ValueError(f"arm {name!r} is given twice")
+            raise ArmError(f"arm {name!r} is given twice")
         arms[name] = overrides
     return arms
 
@@ -92,3 +101,25 @@ def parse_arms(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
 def describe(overrides: dict[str, Any]) -> str:
     """``objective=cut, span_mode=span, ...`` for tables and reports."""
     return ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def run_loop(
+    shared: TrainerSettings, arm: Mapping[str, Any], *, steps: int, seed: int, template: str
+) -> Loop:
+    """What every iteration of a run of ``arm`` trains with: the shared settings, the arm's objective, exactly
+    ``steps`` optimizer steps, the run's seed and the task's template; the arm's ``align_p_ratio`` goes to the
+    builder's downsampling (a sealed manifest comes downsampled, so the trainer's own ratio stays unset)."""
+    fields = {k: v for k, v in arm.items() if k != "align_p_ratio"}
+    trainer = TrainerSettings(
+        **{
+            **shared.model_dump(),
+            **fields,
+            "template": template,
+            "epochs": 10_000,  # bounded by max_steps: every arm takes exactly `steps` steps
+            "max_steps": steps,
+            "checkpoint_every": 10**6,
+            "seed": seed,
+            "align_p_ratio": None,
+        }
+    )
+    return Loop(trainer, arm.get("align_p_ratio", 0.25))

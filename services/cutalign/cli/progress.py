@@ -1,5 +1,5 @@
-"""Rich progress for an online run: one bar for iterations (with the pipeline task in flight), one for the
-base model's warm start, one for the in-process baseline — wired to the runners' callbacks."""
+"""What a terminal shows while an online run works: one bar per arm (with the pipeline task in flight), one
+for the base model's warm start — wired to the session's callbacks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from cutalign.experiment.loop import IterationRecord
-from cutalign.online.runner import OnlineIteration
+from cutalign.iteration.record import IterationRecord
 from cutalign.online.session import Callbacks
 
 
@@ -28,7 +27,7 @@ def quiet_libraries() -> None:
 
 
 class RunProgress:
-    """Callbacks for ``run_demo``/``run_user_task`` that drive rich progress bars on ``console``."""
+    """Callbacks for ``run_session``/``run_demo`` that drive rich progress bars on ``console``."""
 
     def __init__(self, console: Console, iterations: int, arm: str) -> None:
         self.console = console
@@ -40,10 +39,9 @@ class RunProgress:
             console=console,
         )
         self.iterations = iterations
-        self.arm = arm
-        self._online: TaskID | None = None
+        self.arm = arm  # the arm whose iterations run through the pipeline
+        self._arms: dict[str, TaskID] = {}
         self._base: TaskID | None = None
-        self._baseline: TaskID | None = None
 
     def __enter__(self) -> RunProgress:
         self.progress.__enter__()
@@ -55,36 +53,27 @@ class RunProgress:
         self.progress.__exit__(kind, value, tb)
 
     def callbacks(self) -> Callbacks:
-        return Callbacks(stage=self.stage, task=self.task, iteration=self.iteration, baseline=self.baseline)
+        return Callbacks(stage=self.stage, task=self.task, record=self.record)
 
     def stage(self, name: str) -> None:
         self.progress.console.print(f"[bold]▶ {name}")
-        if name.startswith("baseline") and self._baseline is None:
-            self._baseline = self.progress.add_task("sft on positives", total=self.iterations)
 
     def base_step(self, step: int, total: int, loss: float) -> None:
         if self._base is None:
             self._base = self.progress.add_task("warm start of the base model", total=total)
         self.progress.update(self._base, completed=step, description=f"warm start (loss {loss:.3f})")
 
+    def _bar(self, arm: str) -> TaskID:
+        if arm not in self._arms:
+            self._arms[arm] = self.progress.add_task(arm, total=self.iterations)
+        return self._arms[arm]
+
     def task(self, iteration: int, name: str) -> None:
-        if self._online is None:
-            self._online = self.progress.add_task("online iterations", total=self.iterations)
-        self.progress.update(self._online, description=f"iteration {iteration}: {name}")
+        self.progress.update(self._bar(self.arm), description=f"{self.arm}: iteration {iteration}, {name}")
 
-    def iteration(self, record: OnlineIteration) -> None:
-        if self._online is None:
-            self._online = self.progress.add_task("online iterations", total=self.iterations)
-        self.progress.update(
-            self._online, advance=1, description=f"{self.arm}: iteration {record.iteration} done"
-        )
+    def record(self, arm: str, record: IterationRecord) -> None:
+        self.progress.update(self._bar(arm), advance=1, description=arm)
         self.progress.console.print(
-            f"  iteration {record.iteration}: accuracy {record.accuracy:.3f}, "
-            f"{record.positives} positive / {record.negatives} negative judgments, {record.wall_s:.0f} s"
+            f"  {arm} iteration {record.iteration}: accuracy {record.accuracy:.3f}, "
+            f"{record.positives} positive / {record.negatives} negative judgments"
         )
-
-    def baseline(self, record: IterationRecord) -> None:
-        if self._baseline is None:
-            self._baseline = self.progress.add_task("sft on positives", total=self.iterations)
-        self.progress.update(self._baseline, advance=1)
-        self.progress.console.print(f"  sft iteration {record.iteration}: accuracy {record.accuracy:.3f}")

@@ -1,0 +1,166 @@
+"""``cutalign experiment``: compare objectives ("arms") on identical online data, over several seeds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from cutalign.cli.flags import Flags, settings_flags
+from cutalign.cli.run import DECODING, JUDGE, TRAINER, task_of
+from cutalign.config import JudgeSettings, OnlineSettings, PolicySettings, TrainerSettings
+
+ONLINE = Flags(OnlineSettings, "online", only=("iterations", "prompts_per_iteration", "steps", "threads"))
+
+
+@settings_flags(ONLINE, TRAINER, JUDGE, DECODING)
+def experiment_command(
+    online: OnlineSettings,
+    trainer: TrainerSettings,
+    judge: JudgeSettings,
+    policy: PolicySettings,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arm",
+            help="Arm to run, repeatable: a preset (cutalign.iteration.arms) or name:key=value,... with "
+            "TrainerSettings fields. Default: every preset.",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 (prompt order and trainer seed).")] = 3,
+    base_model: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False, help="Base model directory (default: the counting demo's, built once)."
+        ),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="Your task's prompt pool (default: the counting task)."
+        ),
+    ] = None,
+    eval_file: Annotated[
+        Path | None, typer.Option("--eval", exists=True, dir_okay=False, help="Your task's held-out JSONL.")
+    ] = None,
+    eval_size: Annotated[int, typer.Option(min=0, help="Counting task: held-out prompts used (0: all).")] = 0,
+    reference: Annotated[str, typer.Option(help="Arm the others are compared with (paired).")] = "sft",
+    workers: Annotated[int, typer.Option(min=1, help="(arm, seed) runs in parallel (1 thread each).")] = 1,
+    probe: Annotated[bool, typer.Option(help="First measure the base model's ratio detection.")] = True,
+    base_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Build the demo base with a warm-start knob changed, key=value (e.g. habit_share=0.5); "
+            "cached per setting. Ignored with --base-model.",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for report.json, report.md, accuracy.png.")] = Path(
+        "out/experiment"
+    ),
+) -> None:
+    """Online iterations in-process for each objective ("arm") and seed, on identical prompts, base model,
+    judge and step counts; writes mean ± spread over seeds per iteration (report.json, report.md, a plot).
+
+    The task is the counting demo's unless --prompts/--eval (and --judge) give your own. Example (the
+    README's comparison): cutalign experiment --arm sft --arm cut --arm span --seeds 3 --learning-rate 1e-3
+    """
+    from cutalign.cli.progress import quiet_libraries
+    from cutalign.experiment.compare import ExperimentPlan, RunResult, run_experiment
+    from cutalign.experiment.report import accuracy_table, write_report
+    from cutalign.iteration.arms import PRESETS, parse_arms
+    from cutalign.online.stack import new_run_id, platform_session
+
+    quiet_libraries()
+    arms = parse_arms(arm or list(PRESETS))
+    if (prompts is None) != (eval_file is None):
+        raise typer.BadParameter("give both --prompts and --eval for your own task, or neither")
+    if prompts is not None and eval_file is not None:
+        if base_model is None:
+            raise typer.BadParameter("--base-model is required with your own task")
+        task, base = task_of(prompts, eval_file, judge, policy), str(base_model)
+    else:
+        task, base = _counting(eval_size), str(base_model or _demo_base_model(base_option or []))
+    console = Console()
+    started = time.perf_counter()
+    with platform_session(None, None) as (_, s3, _started):
+        plan = ExperimentPlan(
+            task, base, arms, list(range(seeds)), online, trainer, s3, new_run_id(), workers
+        )
+        probe_result = _probe(plan) if probe else {}
+
+        def done(result: RunResult) -> None:
+            accs = " ".join(f"{r.accuracy:.3f}" for r in result.records)
+            console.print(f"{result.arm} seed {result.seed}: {accs}")
+
+        base_eval, results = run_experiment(plan, on_result=done)
+    config = {
+        "command": "cutalign experiment",
+        "task": task.name,
+        "base_model": base,
+        "arms": arms,
+        "seeds": seeds,
+        "online": online.model_dump(),
+        "trainer": trainer.model_dump(mode="json"),
+        "template": task.decoding.template,
+        "eval_prompts": len(task.eval_prompts()),
+        "base_options": base_option or [],
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    summaries = write_report(
+        out,
+        config=config,
+        base_accuracy=base_eval.accuracy,
+        arms=arms,
+        results=results,
+        reference=reference,
+        detection_probe=probe_result,
+    )
+    console.print(accuracy_table(summaries, f"held-out accuracy (mean ± std over {seeds} seeds)"))
+    console.print(f"wrote {out}/report.json, report.md, accuracy.png in {config['wall_s']} s")
+
+
+def _counting(eval_size: int) -> Any:
+    from cutalign.demo.app import DemoTask
+    from cutalign.demo.basemodel import BaseModelSpec
+
+    return DemoTask(BaseModelSpec(), eval_size)
+
+
+def _probe(plan: Any) -> dict[str, dict[str, float]]:
+    """The base model's ratio detection on its own wrong eval responses (and on known single errors)."""
+    from cutalign.experiment.probe import detection_of, own_negatives
+    from cutalign.iteration.respond import respond
+    from cutalign.judges.loader import load_judge
+    from cutalign.policy.loading import load_policy
+
+    task = plan.task
+    judge = load_judge(task.judge, task.judge_options)
+    judged = respond(load_policy(plan.base_model, s3=plan.s3), task.eval_prompts(), judge, task.decoding)
+    sets = {"own wrong responses": own_negatives(judged)}
+    if hasattr(task, "synthetic_negatives"):
+        sets["synthetic single errors"] = task.synthetic_negatives(task.eval_prompts())
+    threshold = plan.trainer.threshold
+    return {
+        name: detection_of(plan.base_model, examples, template=task.decoding.template, threshold=threshold)
+        for name, examples in sets.items()
+        if examples
+    }
+
+
+def _demo_base_model(options: list[str]) -> Path:
+    """The demo's base model (``options`` changed), built once into ``.cutalign/models/<name>-<hash>``."""
+    from cutalign.demo.basemodel import SPEC_FILE, build_base_model, spec_with
+
+    spec = spec_with(options)
+    path = Path(".cutalign/models") / f"{spec.name}-{spec.fingerprint}"
+    if not (path / SPEC_FILE).is_file():
+        Console().print(f"building the demo base model into {path} (cached for later runs)")
+        build_base_model(spec, path)
+    return path
+
+
+def register(app: typer.Typer) -> None:
+    app.command("experiment")(experiment_command)
