@@ -84,11 +84,8 @@ def _env_value(value: object) -> str:
 def platform_env(platform: LocalPlatform, monkeypatch: pytest.MonkeyPatch) -> LocalPlatform:
     """The environment `cutalign up` leaves for clients (CUTALIGN_PLATFORM_*, S3 credentials), pointing at the
     session platform: a CLI command run in this test finds it running and reuses it, as it would `up`'s."""
-    s = platform.settings
-    ports = {"KAFKA_PORT": s.kafka_port, "S3_PORT": s.s3_port, "MASTER_PORT": s.master_port,
-             "VOLUME_PORT": s.volume_port, "FILER_PORT": s.filer_port, "ADMIN_PORT": s.admin_port}  # fmt: skip
-    for name, value in {"DATA_DIR": str(platform.root), **ports}.items():
-        monkeypatch.setenv(f"CUTALIGN_PLATFORM_{name}", str(value))
+    for name, value in platform.settings.model_dump().items():
+        monkeypatch.setenv(f"CUTALIGN_PLATFORM_{name.upper()}", str(value))
     access, secret = platform.s3.credentials()
     monkeypatch.setenv("CUTALIGN_S3_ACCESS_KEY", access)
     monkeypatch.setenv("CUTALIGN_S3_SECRET_KEY", secret)

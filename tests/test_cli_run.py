@@ -75,46 +75,39 @@ def test_eval_judges_one_model_with_a_judge_from_outside_the_repository(
     bad = CliRunner().invoke(
         app, ["eval", "--model", str(user_task / "base"), "--eval", eval_file, "--judge", "reverse_task:Nope"]
     )
-    assert bad.exit_code != 0 and "Nope" in bad.output
+    assert bad.exit_code == 2 and "Nope" in bad.output and "Traceback" not in bad.output
 
 
 @pytest.mark.slow
 def test_run_drives_a_users_task_and_judge_through_the_services_on_the_running_platform(
-    user_task: Path, tmp_path: Path, platform: LocalPlatform, monkeypatch: pytest.MonkeyPatch
+    user_task: Path, tmp_path: Path, platform_env: LocalPlatform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = platform.settings
-    ports = {"KAFKA_PORT": s.kafka_port, "S3_PORT": s.s3_port, "MASTER_PORT": s.master_port,
-             "VOLUME_PORT": s.volume_port, "FILER_PORT": s.filer_port,
-             "ADMIN_PORT": s.admin_port}  # fmt: skip
-    for name, value in {"DATA_DIR": str(platform.root), **ports}.items():
-        monkeypatch.setenv(f"CUTALIGN_PLATFORM_{name}", str(value))
-    access, secret = platform.s3.credentials()
-    monkeypatch.setenv("CUTALIGN_S3_ACCESS_KEY", access)
-    monkeypatch.setenv("CUTALIGN_S3_SECRET_KEY", secret)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("COLUMNS", "250")  # the report table is wide
     out = tmp_path / "run"
     result = CliRunner().invoke(
         app,
         ["run", "--prompts", str(user_task / "prompts.jsonl"), "--eval", str(user_task / "eval.jsonl"),
          "--judge", "reverse_task:ReverseJudge", "--base-model", str(user_task / "base"),
          "--iterations", "1", "--out", str(out), "--steps", "2", "--micro-batch-size", "4", "--lora-r", "4",
-         "--max-new-tokens", "8", "--arm", "cut", "--baseline"],
+         "--max-new-tokens", "8", "--arm", "cut", "--baseline", "--threads", "1"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    (iteration,) = report["iterations"]
+    judged, baseline = report["runs"]
+    iteration = judged["records"][1]
     assert iteration["promoted"] and iteration["positives"] + iteration["negatives"] == 8
-    assert report["arm"] == "cut" and report["config"]["judge"] == "reverse_task:ReverseJudge"
-    assert [r["iteration"] for r in report["baseline"]] == [0, 1]
+    assert judged["arm"] == "cut" and report["config"]["judge"] == "reverse_task:ReverseJudge"
+    assert baseline["arm"] == "sft" and [r["iteration"] for r in baseline["records"]] == [0, 1]
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    assert "online iterations" in result.output and "pos / neg" in result.output
+    assert "online iterations" in result.output and "pos/neg" in result.output
     # the evaluation inside the pipeline used the user's judge, with the JSONL's extra fields as reference
-    run_store = ArtifactStore(platform.s3.model_copy(update={"bucket": report["config"]["bucket"]}))
+    run_store = ArtifactStore(platform_env.s3.model_copy(update={"bucket": judged["bucket"]}))
     evaluated = json.loads(run_store.get_bytes(eval_key(1)))["results"]
     assert [r["judgment"].split(",")[0] for r in evaluated if r["judgment"] != "Perfect."] == [
         f"The reversed word is {w[::-1]}"
         for w, r in zip(("india", "juliet"), evaluated, strict=True)
         if r["judgment"] != "Perfect."
     ]
-    assert all(info["running"] for info in platform.status().values()), "a reused platform is left running"
+    assert all(info["running"] for info in platform_env.status().values()), (
+        "a reused platform is left running"
+    )

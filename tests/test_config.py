@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cutalign.config import KafkaSettings, S3Settings, TrainerSettings
+from cutalign.config import KafkaSettings, MissingCredentials, S3Settings, TrainerSettings
 from cutalign.config_reference import markdown
 from cutalign.store import ArtifactStore
 
@@ -43,8 +43,9 @@ def test_secrets_are_masked_in_repr_str_and_logs(caplog: pytest.LogCaptureFixtur
 
 
 def test_s3_credentials_have_no_default_and_say_where_they_come_from() -> None:
-    with pytest.raises(ValueError, match="CUTALIGN_S3_ACCESS_KEY"):
+    with pytest.raises(MissingCredentials, match="S3 credentials are not set") as raised:
         ArtifactStore(S3Settings())
+    assert "CUTALIGN_S3_ACCESS_KEY" in raised.value.hint
 
 
 def test_readme_lists_exactly_the_real_configuration_keys() -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cutalign.config import KafkaSettings, S3Settings
+from cutalign.cli.show import print_session
+from cutalign.config import KafkaSettings, OnlineSettings, S3Settings
 from cutalign.demo.app import JUDGMENT_ARM, DemoSettings, run_demo
 from cutalign.demo.basemodel import SPEC_FILE, BaseModelSpec, WarmStartData, cached_base_model
 from cutalign.demo.warmstart import WarmStartSettings
 from cutalign.modelinit import ModelShape
-from cutalign.online import report as online_report
 from cutalign.online.session import Callbacks
 from cutalign.online.stack import run_bucket
 from cutalign.policy.promotion import current_release
@@ -36,13 +36,11 @@ FAST = DemoSettings(
         data=WarmStartData(n_plain=96, n_judged=48),
         training=WarmStartSettings(epochs=12, batch_size=16, learning_rate=3e-3),
     ),
-    iterations=1,
-    prompts_per_iteration=8,
+    online=OnlineSettings(
+        iterations=1, prompts_per_iteration=8, steps=2, arm=JUDGMENT_ARM, baseline=True, threads=1
+    ),
     eval_size=6,
-    steps=2,
     trainer={"micro_batch_size": 4, "lora_r": 4, "lora_alpha": 4, "cutoff": 256},
-    threads=1,
-    max_new_tokens=16,
 )
 
 
@@ -56,7 +54,7 @@ def test_fast_demo_runs_one_iteration_through_the_services_and_reports_both_arms
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     stages: list[str] = []
     tasks: list[tuple[int, str]] = []
-    report = run_demo(
+    result = run_demo(
         FAST,
         tmp_path / "demo",
         kafka=kafka_settings,
@@ -65,20 +63,19 @@ def test_fast_demo_runs_one_iteration_through_the_services_and_reports_both_arms
     )
 
     # the judgment arm went through the pipeline: every prompt judged, the candidate evaluated and promoted
-    (iteration,) = report.iterations
-    assert report.arm == JUDGMENT_ARM and iteration.iteration == 1 and iteration.promoted
-    assert iteration.positives + iteration.negatives == FAST.prompts_per_iteration
+    judged, baseline = result.results
+    assert judged.arm == JUDGMENT_ARM and baseline.arm == "sft"
+    base, iteration = judged.records
+    assert base.iteration == 0 and base.accuracy == result.base_accuracy
+    assert iteration.iteration == 1 and iteration.promoted and iteration.steps == 2
+    assert iteration.positives + iteration.negatives == FAST.online.prompts_per_iteration
     assert iteration.trained_positives == iteration.positives, "the span arm keeps every positive"
-    assert {name for _, name in tasks} >= {
-        "publish-prompts",
-        "wait-for-judging",
-        "train-policy",
-        "promote-policy",
-    }
+    assert {name for _, name in tasks} >= {"publish-prompts", "wait-for-judging", "train-policy",
+                                            "promote-policy"}  # fmt: skip
     assert set(iteration.seconds) >= {"wait-for-judging", "train-policy", "evaluate-policy"}
     # ... recorded in the run's own bucket, with the release the server was hot-reloaded to
-    run_store = ArtifactStore(s3_settings.model_copy(update={"bucket": report.config["bucket"]}))
-    assert report.config["bucket"] == run_bucket(report.config["run_id"])
+    run_store = ArtifactStore(s3_settings.model_copy(update={"bucket": judged.bucket}))
+    assert judged.bucket == run_bucket(result.config["run_id"])
     assert run_store.exists(iteration_manifest_key(1))
     evaluated = json.loads(run_store.get_bytes(eval_key(1)))
     assert evaluated["metrics"]["eval/accuracy"] == iteration.accuracy
@@ -86,16 +83,14 @@ def test_fast_demo_runs_one_iteration_through_the_services_and_reports_both_arms
     release = current_release(run_store)
     assert release is not None and release.version.iteration == 1
 
-    # the SFT baseline ran in-process on the same prompts, from the same base accuracy
-    assert report.baseline is not None and [r.iteration for r in report.baseline] == [0, 1]
-    assert report.baseline[0].accuracy == report.base_accuracy
-    assert report.baseline[1].positives + report.baseline[1].negatives == FAST.prompts_per_iteration
-    assert report.baseline[1].positives == iteration.positives, (
-        "iteration 1: same base, same prompts, same data"
-    )
+    # the SFT baseline ran in-process on the same prompts, from the same base accuracy, in its own bucket
+    assert [r.iteration for r in baseline.records] == [0, 1]
+    assert baseline.records[0].accuracy == result.base_accuracy and baseline.bucket != judged.bucket
+    assert baseline.records[1].positives + baseline.records[1].negatives == FAST.online.prompts_per_iteration
+    assert baseline.records[1].positives == iteration.positives, "iteration 1: same base, prompts, data"
 
     # the base model was built once and is cached in the default bucket: a second run would fetch it
-    assert report.config["base_cached"] is False
+    assert result.config["base_cached"] is False
     assert store.exists(FAST.base.key_prefix + SPEC_FILE)
     assert cached_base_model(FAST.base, store, tmp_path / "unused")[1] is True
 
@@ -104,11 +99,13 @@ def test_fast_demo_runs_one_iteration_through_the_services_and_reports_both_arms
     assert not alive & {"generator", "judge", "builder"}
     assert any("policy server" in s for s in stages) and any("baseline" in s for s in stages)
 
-    json_path, png_path = online_report.write(report, tmp_path / "out")
-    body = json.loads(json_path.read_text())
-    assert body["iterations"][0]["accuracy"] == iteration.accuracy and body["seconds"]["total"] > 0
-    assert png_path.read_bytes()[:4] == b"\x89PNG"
-    console = Console(record=True, width=200)
-    console.print(online_report.table(report))
+    console = Console(record=True, width=80)
+    print_session(result, tmp_path / "out", console)
+    body = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert body["runs"][0]["records"][1]["accuracy"] == iteration.accuracy
+    assert body["config"]["seconds"]["total"] > 0
+    assert (tmp_path / "out" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     text = console.export_text()
-    assert "sft (positives)" in text and f"{iteration.positives} / {iteration.negatives}" in text
+    assert f"{iteration.positives}/{iteration.negatives}" in text and "sft" in text
+    assert f"{iteration.accuracy:.3f}" in text, "the accuracy is printed whole at 80 columns"
+    assert max(len(line) for line in text.splitlines()) <= 80

@@ -25,6 +25,8 @@ from cutalign.demo.task import (
     with_habits,
     write_jsonl,
 )
+from cutalign.errors import UserError
+from cutalign.iteration.task import fresh_prompt_sets
 from cutalign.judges.guard import GamingGuard
 from cutalign.judges.programmatic import CountingJudge, describe_count_mistakes
 from cutalign.templates import TEMPLATES
@@ -40,8 +42,8 @@ def test_train_and_eval_are_disjoint_cover_the_space_and_follow_the_seed() -> No
     assert task.split() == CountingTask(seed=3).split()
     assert task.split()[1] != CountingTask(seed=4).split()[1]
     eval_ids = {p["id"] for p in task.eval_prompts()}
-    train_ids = {p["id"] for i in range(7) for p in task.train_prompts(100, iteration=i)}
-    assert len(train_ids) == 700 and not train_ids & eval_ids
+    train_ids = {p["id"] for p in task.train_prompts()}
+    assert len(train_ids) == 755 and not train_ids & eval_ids
 
 
 def test_pairs_respect_the_bounds_and_responses_stay_short() -> None:
@@ -55,12 +57,15 @@ def test_pairs_respect_the_bounds_and_responses_stay_short() -> None:
 
 
 def test_train_prompts_are_fresh_per_iteration_and_run_out_loudly() -> None:
-    task = CountingTask()
-    first, second = task.train_prompts(50, iteration=0), task.train_prompts(50, iteration=1)
+    pool = CountingTask().train_prompts()
+    first, second = fresh_prompt_sets(pool, 2, 50, seed=0)
+    assert len(first) == len(second) == 50
     assert not {p["id"] for p in first} & {p["id"] for p in second}
-    assert first == task.train_prompts(50, iteration=0)
-    with pytest.raises(ValueError, match="training pairs"):
-        task.train_prompts(400, iteration=1)
+    assert fresh_prompt_sets(pool, 2, 50, seed=0) == [first, second], "a seed fixes every iteration's prompts"
+    assert fresh_prompt_sets(pool, 2, 50, seed=1) != [first, second]
+    assert [len(s) for s in fresh_prompt_sets(pool, 3)] == [251, 251, 251], "0 per iteration: an even split"
+    with pytest.raises(UserError, match="cannot give 2 iterations"):
+        fresh_prompt_sets(pool, 2, 400)
 
 
 def test_prompt_rows_are_run_jsonl_with_the_reference_fields(tmp_path: Path) -> None:

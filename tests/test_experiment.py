@@ -22,7 +22,7 @@ from cutalign.config import OnlineSettings, S3Settings, TrainerSettings
 from cutalign.cut.loss import cut_loss
 from cutalign.demo.task import CountingTask
 from cutalign.experiment.compare import ExperimentPlan, RunResult, run_experiment
-from cutalign.experiment.report import Stat, markdown_table, summarize, write_report
+from cutalign.experiment.report import Stat, markdown_table, summarize
 from cutalign.iteration.arms import PRESETS, ArmError, parse_arm, parse_arms
 from cutalign.iteration.record import IterationRecord
 from cutalign.iteration.task import Decoding
@@ -142,7 +142,9 @@ def test_arms_see_identical_prompts_and_first_iteration_data_and_take_the_same_s
     base_eval, results = run_experiment(plan)
 
     assert [(r.arm, r.seed) for r in results] == [(a, s) for a in plan.arms for s in (0, 1)]
-    stores = {(r.arm, r.seed): ArtifactStore(s3_settings.model_copy(update={"bucket": r.bucket})) for r in results}
+    stores = {
+        (r.arm, r.seed): ArtifactStore(s3_settings.model_copy(update={"bucket": r.bucket})) for r in results
+    }
     for seed in (0, 1):
         runs = [r for r in results if r.seed == seed]
         for i in (1, 2):
@@ -167,6 +169,10 @@ def test_arms_see_identical_prompts_and_first_iteration_data_and_take_the_same_s
         rec = next(r for r in results if r.arm == arm).records[1]
         assert rec.trained_positives == kept(rec.positives, rec.negatives), f"{arm}'s data balance"
     assert all(rec.promoted for r in results for rec in r.records), "the method promotes every iteration"
+
+
+def _bucket(s3: S3Settings, bucket: str) -> ArtifactStore:
+    return ArtifactStore(s3.model_copy(update={"bucket": bucket}))
 
 
 def test_experiment_cli_runs_end_to_end_and_writes_its_report(

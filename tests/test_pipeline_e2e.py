@@ -23,12 +23,12 @@ from cutalign.config import BuilderSettings, GeneratorSettings, JudgeSettings, K
 from cutalign.demo.task import CountingTask
 from cutalign.generator.service import run as run_generator
 from cutalign.judging.service import run as run_judge
+from cutalign.pipelines.driver import local_submitter, run_iterations
 from cutalign.policy.launcher import start_policy_server
 from cutalign.policy.promotion import current_release
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key, iteration_manifest_key, model_prefix, prompts_key, release_key
 from cutalign.v1 import training_pb2
-from cutalign.pipelines.driver import local_submitter, run_iterations
 from policy_support import http_json, tiny_policy
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_one_online_iteration_runs_end_to_end_on_the_kfp_local_runner(
     store.upload_dir("models/tiny/", tiny_policy(tmp_path / "base"))
     base_uri = store.uri("models/tiny")
     task = CountingTask()
-    prompts = write_jsonl(tmp_path / "prompts-1.jsonl", task.train_prompts(TRAIN_PROMPTS))
+    prompts = write_jsonl(tmp_path / "prompts-1.jsonl", task.train_prompts()[:TRAIN_PROMPTS])
     eval_set = write_jsonl(tmp_path / "eval.jsonl", task.eval_prompts()[:EVAL_PROMPTS])
     # the pipeline's tasks are subprocesses of the local runner: they inherit this environment
     for name, value in env_for.items():

@@ -22,6 +22,7 @@ from typing import Any
 from cutalign.bus import TypedProducer
 from cutalign.config import KafkaSettings
 from cutalign.cut.location import is_s3, resolve
+from cutalign.errors import UserError
 from cutalign.store import ArtifactStore, ObjectMissing, sha256_bytes
 from cutalign.store.layout import prompts_key
 from cutalign.v1 import messages_pb2
@@ -32,7 +33,7 @@ PROMPT_FIELDS = ("id", "instruction", "input")
 SERVICE = "pipeline"
 
 
-class PromptSetError(ValueError):
+class PromptSetError(UserError, ValueError):
     """A prompt set is malformed, or conflicts with the set already recorded for its iteration."""
 
 

@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from cutalign.config import JudgeSettings
+from cutalign.errors import UserError
 from cutalign.judges.base import Judge, judge_id_of
 from cutalign.judges.guard import GamingGuard
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "cutalign.judges"
 
 
-class JudgeLoadError(ValueError):
+class JudgeLoadError(UserError, ValueError):
     """The configured judge cannot be found or built; the message says how to fix the configuration."""
 
 
