@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cutalign.cut.examples import CutExample
 from cutalign.cut.location import as_prefix, resolve
-from cutalign.demo.task import CountingTask, tokenizer_corpus, warm_start_examples
-from cutalign.demo.warmstart import WarmStartSettings, warm_start
+from cutalign.demo.task import CountingTask, WarmStartExample, tokenizer_corpus, warm_start_examples
 from cutalign.errors import UserError
 from cutalign.modelinit import ModelShape, init_model
+from cutalign.reading.training import WarmStartSettings, judged, plain, warm_start
 from cutalign.store import ArtifactStore, ObjectMissing
 from cutalign.store.layout import base_model_prefix
 
@@ -55,7 +56,9 @@ class BaseModelSpec:
     seed: int = 0
 
     def as_dict(self) -> dict[str, object]:
-        return {"recipe": RECIPE_VERSION, **asdict(self)}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain_fields = {k: v.model_dump() if k == "training" else v for k, v in fields.items()}
+        return {"recipe": RECIPE_VERSION, **json.loads(json.dumps(plain_fields, default=asdict))}
 
     @property
     def fingerprint(self) -> str:
@@ -66,6 +69,13 @@ class BaseModelSpec:
     @property
     def key_prefix(self) -> str:
         return base_model_prefix(f"{self.name}-{self.fingerprint}")
+
+
+def as_cut_example(index: int, example: WarmStartExample) -> CutExample:
+    """A counting warm-start example as a plain or judged example of the warm start."""
+    if example.judgment is None:
+        return plain(f"warm-{index}", example.instruction, example.response)
+    return judged(f"warm-{index}", example.instruction, example.response, example.judgment)
 
 
 def build_base_model(
@@ -89,7 +99,14 @@ def build_base_model(
             seed=spec.seed,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        warm_start(initial, examples, spec.training, out_dir, threads=threads, on_step=on_step)
+        warm_start(
+            initial,
+            [as_cut_example(i, e) for i, e in enumerate(examples)],
+            spec.training,
+            out_dir,
+            threads=threads,
+            on_step=on_step,
+        )
     (out_dir / SPEC_FILE).write_text(json.dumps(spec.as_dict(), indent=2, sort_keys=True))
     return out_dir
 

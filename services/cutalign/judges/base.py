@@ -40,13 +40,16 @@ class Judgment:
     ``error_spans`` are character spans ``[start, end)`` of the response that the judge blames, so detection
     can be measured against known error positions (method page §8). A zero-width span at ``len(response)``
     blames the end of the response itself, i.e. the model stopped where it should have gone on (the
-    end-of-sequence token is the wrong one, and it has no characters).
+    end-of-sequence token is the wrong one, and it has no characters). ``correction`` is a corrected response
+    where the judge knows one (a verifier does): the judgment-reading warm start (``cutalign.reading``) trains
+    on it. It stays in-process; a judgment on the bus carries text, polarity and spans.
     """
 
     text: str
     positive: bool
     error_spans: list[tuple[int, int]] = field(default_factory=list)
     judge_id: str = ""
+    correction: str | None = None  # a corrected response, where the judge knows one (a verifier does)
 
 
 @runtime_checkable
@@ -100,11 +103,14 @@ def normalize(
     if not judgment.positive and not judgment.text.strip():
         raise InvalidJudgment("a negative judgment needs text that says what is wrong; it was empty")
     spans = [_check_span(span, response) for span in judgment.error_spans]
+    if judgment.correction is not None and not isinstance(judgment.correction, str):
+        raise InvalidJudgment(f"a correction must be a str, got {type(judgment.correction).__name__}")
     return Judgment(
         text=judgment.text,
         positive=judgment.positive,
         error_spans=spans,
         judge_id=judgment.judge_id or judge_id,
+        correction=judgment.correction or None,
     )
 
 

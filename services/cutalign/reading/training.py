@@ -1,9 +1,11 @@
-"""The demo's warm start: supervised training of a from-scratch model on the counting task's warm-start data.
+"""Warm starts: supervised training on plain examples and judgment-conditioned ("judged") examples.
 
-Why a warm start at all (method page §8): CUT assumes a policy that already does the task fairly well and
-reads judgments. A random-init model does neither, so before any online iteration it is taught both at once
-from :func:`cutalign.demo.task.warm_start_examples`: plain-template examples (the task, with the habits that
-leave it at a middle accuracy) and judgment-template examples (the response a judgment describes).
+Why (method page §8): CUT assumes a policy that does the task fairly well and *reads judgments* — a judgment
+of a response must make that response's blamed tokens more likely than the plain prompt does. A model that
+never saw a judgment prompt does not. A warm start teaches it: plain examples (the task under the plain
+prompt) and judged examples (a judgment, then the very response it describes). The demo builds such data by
+hand for counting (``cutalign.demo.task.warm_start_examples``); ``cutalign.reading.examples`` builds it for
+any task from the model's own samples and the task's judge.
 
 The loss is MLE on every response token in the example's own context — plain examples after the plain prompt,
 judged examples after the judgment prompt. None of the trainer's objectives is that (``sft`` drops judged
@@ -19,10 +21,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
 from cutalign.cut import sampling
@@ -30,49 +32,43 @@ from cutalign.cut.collator import CutCollator, ExampleTokenizer, RowPlan
 from cutalign.cut.examples import CutExample
 from cutalign.cut.loss import response_logprobs
 from cutalign.cut.modeling import load_tokenizer
-from cutalign.demo.task import WarmStartExample
 
 log = logging.getLogger(__name__)
 
-# positives (plain examples) under the plain prompt, negatives (judged examples) under the judgment prompt
+# "positives" (plain examples) under the plain prompt, "negatives" (judged examples) under the judgment
+# prompt: a judged example is a CutExample with positive=False and its judgment, whatever its correctness
 WARM_START_PLAN = RowPlan(positive_mle="plain", negative_mle="judged", negative_misalign=False)
 
 
-@dataclass(frozen=True)
-class WarmStartSettings:
-    """Optimisation of the warm start (the data comes from ``warm_start_examples``)."""
+class WarmStartSettings(BaseModel):
+    """Optimisation of a warm start: full fine-tuning with AdamW and a cosine schedule."""
 
-    epochs: float = 6.0
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    warmup_ratio: float = 0.05
-    template: str = "short"
-    seed: int = 0
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: float = Field(6.0, gt=0, description="Passes over the warm-start examples.")
+    batch_size: int = Field(32, ge=1, description="Examples per optimizer step.")
+    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    template: str = Field("short", description="Prompt templates of the plain and judged examples.")
+    seed: int = Field(0, description="Seed of the batch order.")
     # length-grouped batches put plain and judged examples in separate batches; measured worse (0.06 vs 0.33
     # held-out accuracy after the same 564 steps), so batches are plain random draws
-    group_by_length: bool = False
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError(f"epochs, batch_size and learning_rate must be positive, got {self}")
+    group_by_length: bool = Field(False, description="Batch similar lengths together (measured worse).")
 
 
-def as_cut_example(index: int, example: WarmStartExample) -> CutExample:
-    """A warm-start example in the trainer's form: judged examples are the "negatives" (their MLE row is
-    under the judgment prompt), plain ones the "positives" (plain prompt) — whatever their correctness."""
-    return CutExample(
-        sample_id=f"warm-{index}",
-        instruction=example.instruction,
-        input="",
-        response=example.response,
-        judgment=example.judgment or "",
-        positive=example.judgment is None,
-    )
+def plain(sample_id: str, instruction: str, response: str, input: str = "") -> CutExample:
+    """A plain example: the response after the plain prompt."""
+    return CutExample(sample_id, instruction, input, response, "", True)
+
+
+def judged(sample_id: str, instruction: str, response: str, judgment: str, input: str = "") -> CutExample:
+    """A judged example: the response after the judgment prompt holding ``judgment``."""
+    return CutExample(sample_id, instruction, input, response, judgment, False)
 
 
 def warm_start(
     model_dir: Path,
-    examples: Sequence[WarmStartExample],
+    examples: Sequence[CutExample],
     settings: WarmStartSettings,
     out_dir: Path,
     *,
@@ -87,7 +83,7 @@ def warm_start(
         torch.set_num_threads(threads)
     tokenizer = load_tokenizer(model_dir)
     tokenize = ExampleTokenizer(tokenizer, settings.template, cutoff=tokenizer.model_max_length)
-    dataset = [tokenize(as_cut_example(i, ex)) for i, ex in enumerate(examples)]
+    dataset = [tokenize(ex) for ex in examples]
     collator = CutCollator(WARM_START_PLAN, pad_id=tokenizer.pad_token_id)
     lengths = [len(ex.judged_ids if not ex.positive else ex.plain_ids) for ex in dataset]
     per_epoch = sampling.steps_per_epoch(len(dataset), settings.batch_size)

@@ -1,0 +1,103 @@
+"""Judgment-reading warm-start data for any task, from the model's own samples and the task's own judge.
+
+The demo's warm start teaches a tiny model to read judgments with hand-made data: judged examples showing the
+policy's habitual mistakes under the judgments that name them (``cutalign.demo.task.warm_start_examples``).
+What made it work (docs/results.md) is that the judged responses are *the policy's own* errors — the
+judgment then raises the probability of exactly the token the policy gets wrong, which is what CUT's
+detection needs. This builds the same kind of data for a user's task without knowing anything about it:
+
+1. sample ``samples_per_prompt`` responses per training prompt from the model — the greedy one (what online
+   training will see) and others at ``temperature`` (its other habits and varied judgments of one prompt);
+2. judge each with the task's judge;
+3. emit a **judged** example for every distinct response — its judgment, then the response, so the model
+   learns that the judgment text describes the response (positives under their positive judgment, so
+   "Perfect." and a named error are told apart) — and a **plain** example for every positive response and
+   every correction the judge gives (``Judgment.correction``), so the task itself is not unlearned.
+
+Held-out prompts are never used: the eval set stays unseen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from cutalign.cut.examples import CutExample
+from cutalign.iteration.prompts import reference_of
+from cutalign.iteration.task import Decoding, Prompt
+from cutalign.judges.base import Judge, run_judge
+from cutalign.policy.generation import SamplingParams, generate
+from cutalign.policy.loading import LoadedPolicy
+from cutalign.reading.training import judged, plain
+from cutalign.templates import get_template, join_input
+
+
+class ReadingSettings(BaseModel):
+    """Which samples become judgment-reading warm-start data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples_per_prompt: int = Field(4, ge=1, description="Responses per prompt: the greedy one, then sampled.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the extra responses.")
+    prompts: int = Field(0, ge=0, description="Training prompts sampled from (0: the whole pool).")
+    corrections: bool = Field(True, description="Add the judge's corrected responses as plain examples.")
+    seed: int = Field(0, ge=0, description="Seed of the sampled responses.")
+
+
+@dataclass(frozen=True)
+class ReadingData:
+    examples: list[CutExample]
+    responses: int  # distinct (prompt, response) pairs judged
+    positives: int
+    corrections: int
+
+
+def reading_examples(
+    policy: LoadedPolicy,
+    prompts: Sequence[Prompt],
+    judge: Judge,
+    decoding: Decoding,
+    settings: ReadingSettings,
+) -> ReadingData:
+    """Sample, judge and turn the results into plain and judged examples (module doc)."""
+    pool = list(prompts)[: settings.prompts or None]
+    tpl = get_template(decoding.template)
+    texts = [tpl.format_plain(p["instruction"], p.get("input", "")) for p in pool]
+    params = [SamplingParams(max_new_tokens=decoding.max_new_tokens)]
+    params += [
+        SamplingParams(
+            max_new_tokens=decoding.max_new_tokens,
+            do_sample=True,
+            temperature=settings.temperature,
+            seed=settings.seed * 1000 + k,
+        )
+        for k in range(1, settings.samples_per_prompt)
+    ]
+    with torch.inference_mode():
+        rounds = [
+            generate(policy.model, policy.tokenizer, texts, p, batch_size=decoding.batch_size) for p in params
+        ]
+    examples: list[CutExample] = []
+    responses = positives = corrections = 0
+    for i, prompt in enumerate(pool):
+        instruction, extra = prompt["instruction"], prompt.get("input", "")
+        seen: set[str] = set()
+        for k, out in enumerate(r[i] for r in rounds):
+            if out.text in seen or not out.text.strip():
+                continue
+            seen.add(out.text)
+            verdict = run_judge(judge, join_input(instruction, extra), out.text, reference_of(dict(prompt)) or None)
+            sid = f"{prompt['id']}#{k}"
+            responses += 1
+            examples.append(judged(sid, instruction, out.text, verdict.text, extra))
+            if verdict.positive:
+                positives += 1
+                examples.append(plain(sid, instruction, out.text, extra))
+            elif settings.corrections and verdict.correction and verdict.correction not in seen:
+                seen.add(verdict.correction)
+                corrections += 1
+                examples.append(plain(f"{sid}-corrected", instruction, verdict.correction, extra))
+    return ReadingData(examples, responses, positives, corrections)
