@@ -324,9 +324,18 @@ class OnlineSettings(BaseSettings):
     )
     steps: int = Field(30, ge=1, description="Optimizer steps per iteration (the same for every objective).")
     arm: str = Field(
-        "cut", description="Judgment-based objective: a preset (`cutalign experiment --help`) or name:k=v,..."
+        "auto",
+        description="Judgment-based objective: a preset (cutalign.iteration.arms) or name:k=v,...; auto: "
+        "span when the probe finds the judge reporting error spans, else cut (the method as published).",
     )
     baseline: bool = Field(False, description="Also run SFT on positives in-process on the same prompts.")
+    probe: bool = Field(
+        True, description="Probe the base model first (cutalign probe); stop if CUT can't learn."
+    )
+    force: bool = Field(False, description="Run even when the probe says CUT will not learn.")
+    warm_start: bool = Field(
+        False, description="Run the judgment-reading warm start first, on prompts no iteration uses."
+    )
     seed: int = Field(0, ge=0, description="Seed of the prompt order, the trainer and the downsampling.")
     deadline_s: float = Field(
         900.0, gt=0, description="Longest wait for one iteration's generation and judging (services)."

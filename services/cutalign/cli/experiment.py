@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,10 +11,15 @@ import typer
 from rich.console import Console
 
 from cutalign.cli.flags import Flags, settings_flags
+from cutalign.cli.reading import print_probe
 from cutalign.cli.run import DECODING, JUDGE, TRAINER, task_of
 from cutalign.config import JudgeSettings, OnlineSettings, PolicySettings, TrainerSettings
 
-ONLINE = Flags(OnlineSettings, "online", only=("iterations", "prompts_per_iteration", "steps", "threads"))
+ONLINE = Flags(
+    OnlineSettings,
+    "online",
+    only=("iterations", "prompts_per_iteration", "steps", "threads", "warm_start", "probe"),
+)
 
 
 @settings_flags(ONLINE, TRAINER, JUDGE, DECODING)
@@ -37,16 +43,22 @@ def experiment_command(
             file_okay=False, help="Base model directory (default: the counting demo's, built once)."
         ),
     ] = None,
+    task_name: Annotated[
+        str,
+        typer.Option("--task", help="counting (the demo's) or a task family: arithmetic, reverse, extract."),
+    ] = "counting",
+    spans: Annotated[bool, typer.Option(help="Task families: the judge reports error spans.")] = True,
     prompts: Annotated[
         Path | None,
-        typer.Option(
-            exists=True, dir_okay=False, help="Your task's prompt pool (default: the counting task)."
-        ),
+        typer.Option(exists=True, dir_okay=False, help="Your task's prompt pool (instead of --task)."),
     ] = None,
     eval_file: Annotated[
         Path | None, typer.Option("--eval", exists=True, dir_okay=False, help="Your task's held-out JSONL.")
     ] = None,
-    eval_size: Annotated[int, typer.Option(min=0, help="Counting task: held-out prompts used (0: all).")] = 0,
+    eval_size: Annotated[int, typer.Option(min=0, help="Held-out prompts used (0: all).")] = 0,
+    reserve: Annotated[
+        int, typer.Option(min=0, help="Pool prompts kept from every iteration, for the probe and warm start.")
+    ] = 128,
     reference: Annotated[str, typer.Option(help="Arm the others are compared with (paired).")] = "sft",
     workers: Annotated[int, typer.Option(min=1, help="(arm, seed) runs in parallel (1 thread each).")] = 1,
     probe: Annotated[bool, typer.Option(help="First measure the base model's ratio detection.")] = True,
@@ -72,30 +84,34 @@ def experiment_command(
     from cutalign.experiment.report import accuracy_table, write_report
     from cutalign.iteration.arms import PRESETS, parse_arms
     from cutalign.online.stack import new_run_id, platform_session
+    from cutalign.reading.prepare import prepare
 
     quiet_libraries()
     arms = parse_arms(arm or list(PRESETS))
-    if (prompts is None) != (eval_file is None):
-        raise typer.BadParameter("give both --prompts and --eval for your own task, or neither")
-    if prompts is not None and eval_file is not None:
-        if base_model is None:
-            raise typer.BadParameter("--base-model is required with your own task")
-        task, base = task_of(prompts, eval_file, judge, policy), str(base_model)
-    else:
-        task, base = _counting(eval_size), str(base_model or _demo_base_model(base_option or []))
+    task, base = _task(task_name, spans, prompts, eval_file, judge, policy, base_model, base_option or [])
+    if eval_size:
+        task = Trimmed(task, eval_size)
     console = Console()
     started = time.perf_counter()
     with platform_session(None, None) as (_, s3, _started):
-        plan = ExperimentPlan(
-            task, base, arms, list(range(seeds)), online, trainer, s3, new_run_id(), workers
-        )
-        probe_result = _probe(plan) if probe else {}
+        run_id = new_run_id()
+        seed_list = list(range(seeds))
+        plan = ExperimentPlan(task, base, arms, seed_list, online, trainer, s3, run_id, workers, reserve)
+        forced = online.model_copy(update={"force": True})  # an experiment measures; it never refuses
+        work = out / "runs" / run_id
+        prepared = prepare(task, Path(base), forced, plan.spare(), work, threshold=trainer.threshold)
+        if prepared.report is not None:
+            print_probe(prepared.report, console)
+        plan = dataclasses.replace(plan, base_model=str(prepared.base))
 
         def done(result: RunResult) -> None:
             accs = " ".join(f"{r.accuracy:.3f}" for r in result.records)
             console.print(f"{result.arm} seed {result.seed}: {accs}")
 
         base_eval, results = run_experiment(plan, on_result=done)
+    probe_result: dict[str, Any] = {}
+    if prepared.report is not None and prepared.verdict is not None:
+        probe_result = {"probe": prepared.report.metrics(), "verdict": dataclasses.asdict(prepared.verdict)}
     config = {
         "command": "cutalign experiment",
         "task": task.name,
@@ -107,6 +123,7 @@ def experiment_command(
         "template": task.decoding.template,
         "eval_prompts": len(task.eval_prompts()),
         "base_options": base_option or [],
+        "warm_started": prepared.reading is not None,
         "wall_s": round(time.perf_counter() - started, 1),
     }
     summaries = write_report(
@@ -116,38 +133,52 @@ def experiment_command(
         arms=arms,
         results=results,
         reference=reference,
-        detection_probe=probe_result,
+        probe=probe_result,
     )
     console.print(accuracy_table(summaries, f"held-out accuracy (mean ± std over {seeds} seeds)"))
     console.print(f"wrote {out}/report.json, report.md, accuracy.png in {config['wall_s']} s")
 
 
-def _counting(eval_size: int) -> Any:
-    from cutalign.demo.app import DemoTask
-    from cutalign.demo.basemodel import BaseModelSpec
+@dataclasses.dataclass(frozen=True)
+class Trimmed:
+    """A task with its held-out set cut to the first ``eval_size`` prompts."""
 
-    return DemoTask(BaseModelSpec(), eval_size)
+    task: Any
+    eval_size: int
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def eval_prompts(self) -> list[Any]:
+        return list(self.task.eval_prompts())[: self.eval_size]
 
 
-def _probe(plan: Any) -> dict[str, dict[str, float]]:
-    """The base model's ratio detection on its own wrong eval responses (and on known single errors)."""
-    from cutalign.experiment.probe import detection_of, own_negatives
-    from cutalign.iteration.respond import respond
-    from cutalign.judges.loader import load_judge
-    from cutalign.policy.loading import load_policy
+def _task(
+    name: str,
+    spans: bool,
+    prompts: Path | None,
+    eval_file: Path | None,
+    judge: JudgeSettings,
+    policy: PolicySettings,
+    base_model: Path | None,
+    base_options: list[str],
+) -> tuple[Any, str]:
+    """(the task, its base model): the user's files, a task family (its base built once), or counting."""
+    if (prompts is None) != (eval_file is None):
+        raise typer.BadParameter("give both --prompts and --eval for your own task, or neither")
+    if prompts is not None and eval_file is not None:
+        if base_model is None:
+            raise typer.BadParameter("--base-model is required with your own task")
+        return task_of(prompts, eval_file, judge, policy), str(base_model)
+    if name == "counting":
+        from cutalign.demo.task import CountingTask
 
-    task = plan.task
-    judge = load_judge(task.judge, task.judge_options)
-    judged = respond(load_policy(plan.base_model, s3=plan.s3), task.eval_prompts(), judge, task.decoding)
-    sets = {"own wrong responses": own_negatives(judged)}
-    if hasattr(task, "synthetic_negatives"):
-        sets["synthetic single errors"] = task.synthetic_negatives(task.eval_prompts())
-    threshold = plan.trainer.threshold
-    return {
-        name: detection_of(plan.base_model, examples, template=task.decoding.template, threshold=threshold)
-        for name, examples in sets.items()
-        if examples
-    }
+        return CountingTask(), str(base_model or _demo_base_model(base_options))
+    from cutalign.tasks import get_task
+    from cutalign.tasks.base import TaskBaseSpec, task_base
+
+    task = get_task(name, spans=spans)
+    return task, str(base_model or task_base(task, TaskBaseSpec(name), Path(".cutalign/models")))
 
 
 def _demo_base_model(options: list[str]) -> Path:

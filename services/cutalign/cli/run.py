@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,27 +64,52 @@ def run_command(
     Extra JSONL fields (anything but id/instruction/input) reach the judge as `reference`.
     """
     from cutalign.cli.progress import RunProgress, quiet_libraries
+    from cutalign.cli.reading import print_probe
     from cutalign.cli.show import print_session
     from cutalign.iteration.arms import parse_arm
+    from cutalign.iteration.export import export_current
+    from cutalign.iteration.task import fresh_prompt_sets, unused_prompts
     from cutalign.online.session import run_session
     from cutalign.online.stack import StackSettings, new_run_id
+    from cutalign.reading.prepare import prepare
+    from cutalign.store import ArtifactStore
 
     quiet_libraries()
-    parse_arm(online.arm)  # a bad arm fails before anything starts
+    if online.arm != "auto":
+        parse_arm(online.arm)  # a bad arm fails before anything starts
     task = task_of(prompts, eval_file, judge, policy)
+    pool = task.train_prompts()
+    sets = fresh_prompt_sets(pool, online.iterations, online.prompts_per_iteration, online.seed)
     run_id = new_run_id()
-    base = base_model.resolve()
-    with RunProgress(Console(), online.iterations, online.arm) as progress:
+    work = out / "runs" / run_id
+    console = Console()
+    prepared = prepare(
+        task, base_model.resolve(), online, unused_prompts(pool, sets), work, threshold=trainer.threshold
+    )
+    if prepared.report is not None:
+        print_probe(prepared.report, console)
+    online = online.model_copy(update={"arm": prepared.arm})
+    base = prepared.base
+    with RunProgress(console, online.iterations, online.arm) as progress:
         result = run_session(
             task,
             online,
             trainer,
-            StackSettings(run_id=run_id, work_dir=out / "runs" / run_id),
+            StackSettings(run_id=run_id, work_dir=work),
             lambda store: upload_base_model(store, base),
             lambda uri, s3: base,
             callbacks=progress.callbacks(),
         )
-    print_session(result, out)
+    if prepared.report is not None and prepared.verdict is not None:
+        result.config["probe"] = {"metrics": prepared.report.metrics(), "verdict": asdict(prepared.verdict)}
+    print_session(result, out, console)
+    judged = result.results[0]
+    release = export_current(
+        ArtifactStore(result.s3.model_copy(update={"bucket": judged.bucket})), out / "model"
+    )
+    for record in judged.records:
+        console.print(f"iteration {record.iteration} released {record.release_uri or '(nothing)'}")
+    console.print(f"the aligned model (iteration {release.version.iteration}) is in {out / 'model'}")
 
 
 def eval_command(

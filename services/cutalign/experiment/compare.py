@@ -46,6 +46,7 @@ class ExperimentPlan:
     s3: S3Settings  # where each run's bucket is made
     run_id: str  # names the runs' buckets
     workers: int = 1
+    reserve: int = 0  # the pool's first prompts, kept out of every iteration (for a probe and a warm start)
 
     def __post_init__(self) -> None:
         if not self.arms or not self.seeds:
@@ -53,7 +54,12 @@ class ExperimentPlan:
 
     def prompt_sets(self, seed: int) -> list[list[Any]]:
         o = self.online
-        return fresh_prompt_sets(self.task.train_prompts(), o.iterations, o.prompts_per_iteration, seed)
+        pool = list(self.task.train_prompts())[self.reserve :]
+        return fresh_prompt_sets(pool, o.iterations, o.prompts_per_iteration, seed)
+
+    def spare(self) -> list[Any]:
+        """The reserved prompts: no iteration of any arm or seed uses them."""
+        return list(self.task.train_prompts())[: self.reserve]
 
     def bucket(self, arm: str, seed: int) -> str:
         name = "".join(c if c.isalnum() else "-" for c in arm.lower())

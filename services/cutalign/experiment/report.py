@@ -111,20 +111,14 @@ def markdown_table(summaries: Sequence[ArmSummary], reference: str | None = "sft
     return "\n".join(lines) + "\n"
 
 
-def probe_lines(probe: Mapping[str, Mapping[str, float]]) -> str:
-    """The base model's ratio detection per example set, as markdown lines (empty without a probe)."""
+def probe_lines(probe: Mapping[str, Any]) -> str:
+    """The base model's probe (``cutalign.reading.probe``) as markdown lines (empty without one)."""
     if not probe:
         return ""
-    lines = [
-        "",
-        "Ratio detection of the base model before training (λ as configured), against the judge's spans:",
-    ]
-    for name, m in probe.items():
-        parts = [
-            f"{k.removeprefix('detection/')} {v:.3f}" for k, v in m.items() if k.startswith("detection/")
-        ]
-        lines.append(f"- {name} ({int(m.get('examples', 0))} negatives): " + ", ".join(parts))
-    return "\n".join(lines) + "\n"
+    figures = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in probe["probe"].items())
+    verdict = probe["verdict"]
+    expect = "expects CUT to learn" if verdict["ok"] else "expects CUT not to learn"
+    return f"\nProbe of the starting model: {figures}. It {expect}: {verdict['finding']}.\n"
 
 
 def plot(summaries: Sequence[ArmSummary], path: Path, title: str) -> None:
@@ -189,11 +183,11 @@ def write_report(
     arms: Mapping[str, Mapping[str, Any]],
     results: Sequence[RunResult],
     reference: str | None = "sft",
-    detection_probe: Mapping[str, Mapping[str, float]] | None = None,
+    probe: Mapping[str, Any] | None = None,
 ) -> list[ArmSummary]:
     """Write report.json, report.md and accuracy.png under ``out_dir``; returns the summaries.
 
-    ``detection_probe`` (``cutalign.experiment.probe``) is the base model's ratio detection per example set.
+    ``probe`` holds the starting model's probe figures and verdict (``cutalign.reading.probe``), if run.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     ref = reference if reference in arms else None
@@ -201,11 +195,11 @@ def write_report(
     body = {
         "config": config,
         "base_accuracy": base_accuracy,
-        "detection_probe": dict(detection_probe or {}),
+        "probe": dict(probe or {}),
         "summary": [asdict(s) for s in summaries],
         "runs": [asdict(r) for r in results],
     }
     (out_dir / "report.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
-    (out_dir / "report.md").write_text(markdown_table(summaries, ref) + probe_lines(detection_probe or {}))
+    (out_dir / "report.md").write_text(markdown_table(summaries, ref) + probe_lines(probe or {}))
     plot(summaries, out_dir / "accuracy.png", f"held-out accuracy, {summaries[0].accuracy[0].n} seed(s)")
     return summaries

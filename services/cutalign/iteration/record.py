@@ -37,6 +37,7 @@ class IterationRecord:
     negatives: int = 0
     trained_positives: int = 0  # positives kept by the downsampling
     steps: int = 0  # optimizer steps taken (0: nothing to train on, the policy was kept)
+    release_uri: str = ""  # the checkpoint the iteration released (empty: not promoted)
     data_sha256: str = ""  # of the sealed shards: equal data, equal hash
     metrics: dict[str, float] = field(default_factory=dict)  # detection/*, tokens/flagged_fraction
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
@@ -65,10 +66,15 @@ def start_run(
 def read_record(store: ArtifactStore, iteration: int, run: str) -> IterationRecord:
     """The record of ``iteration`` from the bucket (``run``: the training run's name, its objective)."""
     evaluated = json.loads(store.get_bytes(eval_key(iteration)))
+    try:
+        release_uri = store.get_manifest(release_key(iteration), training_pb2.PolicyRelease).version.uri
+    except ObjectMissing:
+        release_uri = ""
     record = IterationRecord(
         iteration,
         accuracy=float(evaluated["metrics"][ACCURACY]),
-        promoted=store.exists(release_key(iteration)),
+        promoted=bool(release_uri),
+        release_uri=release_uri,
         metrics={k: float(v) for k, v in evaluated["metrics"].items() if k.startswith("detection/")},
     )
     if iteration == 0:

@@ -98,3 +98,9 @@ def fresh_prompt_sets(
     shuffled = list(pool)
     random.Random(f"prompts-{seed}").shuffle(shuffled)
     return [shuffled[i * per_iteration : (i + 1) * per_iteration] for i in range(iterations)]
+
+
+def unused_prompts(pool: Sequence[Prompt], sets: Sequence[Sequence[Prompt]]) -> list[Prompt]:
+    """The prompts of ``pool`` that no iteration gets: what a warm start or a probe may use."""
+    used = {p["id"] for prompts in sets for p in prompts}
+    return [p for p in pool if p["id"] not in used]

@@ -46,6 +46,7 @@ class SessionResult:
     arms: dict[str, dict[str, Any]]  # name -> TrainerSettings overrides, the judgment arm first
     base_accuracy: float
     results: list[RunResult]
+    s3: S3Settings  # the store the runs' buckets are in
     config: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
 
@@ -115,6 +116,7 @@ def run_session(
         results = [RunResult(arm, online.seed, [run, *records], stack.store.bucket)]
         seconds["online iterations"] = time.perf_counter() - t
         arms = {arm: overrides}
+        s3_settings = stack.s3
         if online.baseline:
             cb.stage("baseline: SFT on positives, same prompts, judge, base and steps (in-process)")
             t = time.perf_counter()
@@ -145,4 +147,4 @@ def run_session(
         "template": template,
         "eval_prompts": len(task.eval_prompts()),
     }
-    return SessionResult(arms, base.accuracy, results, config, seconds)
+    return SessionResult(arms, base.accuracy, results, s3_settings, config, seconds)

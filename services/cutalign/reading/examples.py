@@ -40,7 +40,7 @@ class ReadingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    samples_per_prompt: int = Field(4, ge=1, description="Responses per prompt: the greedy one, then sampled.")
+    samples_per_prompt: int = Field(4, ge=1, description="Responses per prompt (the greedy one first).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the extra responses.")
     prompts: int = Field(0, ge=0, description="Training prompts sampled from (0: the whole pool).")
     corrections: bool = Field(True, description="Add the judge's corrected responses as plain examples.")
@@ -89,7 +89,8 @@ def reading_examples(
             if out.text in seen or not out.text.strip():
                 continue
             seen.add(out.text)
-            verdict = run_judge(judge, join_input(instruction, extra), out.text, reference_of(dict(prompt)) or None)
+            reference = reference_of(dict(prompt)) or None
+            verdict = run_judge(judge, join_input(instruction, extra), out.text, reference)
             sid = f"{prompt['id']}#{k}"
             responses += 1
             examples.append(judged(sid, instruction, out.text, verdict.text, extra))

@@ -20,7 +20,8 @@ CUT learns from two things the task must supply (method page §1-§3):
     (``cutalign.cut.detection``), the direct measure of what the contrast estimates.
 
 :func:`verdict` turns these into a plain statement of what to expect and what to change; its thresholds are
-the ones ``docs/results.md`` validated on tasks where the outcome is known (and reports how often it was right).
+the ones ``docs/results.md`` validated on tasks where the outcome is known (it reports how often they were
+right).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def probe(
         return report
     tokenize = ExampleTokenizer(policy.tokenizer, template, cutoff=policy.tokenizer.model_max_length)
     own = [tokenize(n) for n in negatives]
-    swapped = [tokenize(_with_judgment(n, negatives[(k + 1) % len(negatives)])) for k, n in enumerate(negatives)]
+    others = negatives[1:] + negatives[:1]  # each response with the next one's judgment
+    swapped = [tokenize(_with_judgment(n, other)) for n, other in zip(negatives, others, strict=True)]
     judged_own, plain = _logprobs(policy, own, batch_size)
     judged_other, _ = _logprobs(policy, swapped, batch_size)
     log_lambda = math.log(threshold)
@@ -192,7 +194,7 @@ def verdict(report: ProbeReport) -> Verdict:
     if precision is not None and precision < MIN_PRECISION:
         return Verdict(
             False,
-            f"most flagged tokens are not the blamed ones (precision {precision:.2f} against the judge's spans)",
+            f"most flagged tokens are not the blamed ones (precision {precision:.2f} against the spans)",
             "use span supervision (--arm span): the judge's spans are better than the ratio rule here",
         )
     return Verdict(
@@ -212,7 +214,7 @@ def _with_judgment(example: CutExample, other: CutExample) -> CutExample:
 def _logprobs(
     policy: LoadedPolicy, examples: Sequence[TokenizedExample], batch_size: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per example: log p of each response token (+ EOS) after the judgment prompt, and after the plain one."""
+    """Per example: log p of each response token (and EOS) after the judgment prompt, and after the plain."""
     collate = CutCollator(_PLAN, pad_id=policy.tokenizer.pad_token_id)
     judged: list[torch.Tensor] = []
     plain: list[torch.Tensor] = []

@@ -17,11 +17,11 @@ from cutalign.tasks.family import Family
 
 
 def make(rng: random.Random) -> dict[str, Any]:
-    first = rng.randint(1, 30)
+    first = rng.randint(1, 20)
     value, terms = first, []
     for _ in range(rng.choice((2, 2, 3))):
-        op = rng.choice("+-")
-        b = rng.randint(1, 20) if op == "+" else rng.randint(1, max(1, value))  # no negative results
+        op = rng.choice("+-") if value > 0 else "+"
+        b = rng.randint(1, 9) if op == "+" else rng.randint(1, min(9, value))  # results stay >= 0
         value = value + b if op == "+" else value - b
         terms.append(f"{op} {b}")
     expression = f"{first} {' '.join(terms)}"

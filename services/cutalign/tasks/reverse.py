@@ -18,7 +18,7 @@ from cutalign.tasks.words import word
 
 
 def make(rng: random.Random) -> dict[str, Any]:
-    w = word(rng)
+    w = word(rng, (3, 4))
     return {"id": f"reverse-{w}", "instruction": f"Reverse the letters of {w}.", "word": w}
 
 
