@@ -61,7 +61,6 @@ def experiment_command(
     ] = 128,
     reference: Annotated[str, typer.Option(help="Arm the others are compared with (paired).")] = "sft",
     workers: Annotated[int, typer.Option(min=1, help="(arm, seed) runs in parallel (1 thread each).")] = 1,
-    probe: Annotated[bool, typer.Option(help="First measure the base model's ratio detection.")] = True,
     base_option: Annotated[
         list[str] | None,
         typer.Option(

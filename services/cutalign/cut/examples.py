@@ -29,6 +29,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from cutalign.cut.location import resolve
+from cutalign.errors import UserError
 from cutalign.store import ArtifactStore
 from cutalign.v1 import training_pb2
 
@@ -38,7 +39,7 @@ POSITIVE_SCORE = 7.0
 _FAILED_JUDGMENT = re.compile(r"^\W*(error|failed|failure|exception|n/?a|none|null|nan|timeout)\W*$", re.I)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A training record is malformed; the message names the record and what to fix."""
 
 

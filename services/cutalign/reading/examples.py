@@ -42,7 +42,7 @@ class ReadingSettings(BaseModel):
 
     samples_per_prompt: int = Field(4, ge=1, description="Responses per prompt (the greedy one first).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the extra responses.")
-    prompts: int = Field(0, ge=0, description="Training prompts sampled from (0: the whole pool).")
+    max_prompts: int = Field(0, ge=0, description="Prompts sampled from (0: all that are given).")
     corrections: bool = Field(True, description="Add the judge's corrected responses as plain examples.")
     seed: int = Field(0, ge=0, description="Seed of the sampled responses.")
 
@@ -63,7 +63,7 @@ def reading_examples(
     settings: ReadingSettings,
 ) -> ReadingData:
     """Sample, judge and turn the results into plain and judged examples (module doc)."""
-    pool = list(prompts)[: settings.prompts or None]
+    pool = list(prompts)[: settings.max_prompts or None]
     tpl = get_template(decoding.template)
     texts = [tpl.format_plain(p["instruction"], p.get("input", "")) for p in pool]
     params = [SamplingParams(max_new_tokens=decoding.max_new_tokens)]
