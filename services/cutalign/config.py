@@ -181,6 +181,11 @@ class TrainerSettings(BaseSettings):
     unlikelihood_weight: float = Field(1.0, ge=0, description="α: unlikelihood weight.")
     gamma: float = Field(0.0, ge=0, description="γ: dynamic weighting exponent (0 = reference code).")
     combine: Literal["mean", "sum"] = Field("mean", description="(L1+L2)/2 (reference) or L1+L2 (paper).")
+    normalization: Literal["example", "batch"] = Field(
+        "example",
+        description="Loss per example, examples averaged (the published micro-batch-1 objective at any "
+        "micro-batch size), or token means per micro-batch (earlier releases).",
+    )
     learning_rate: float = Field(4e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
