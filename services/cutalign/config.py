@@ -193,16 +193,46 @@ class TrainerSettings(BaseSettings):
     micro_batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
-    cutoff: int = Field(2048, ge=8, description="Max sequence length; left truncation keeps the response.")
+    cutoff: int = Field(
+        2048,
+        ge=8,
+        description="Max sequence length (capped at the model's context); left truncation keeps the "
+        "response; an example whose response alone does not fit is skipped and counted.",
+    )
     lora: bool = Field(True, description="Train a LoRA adapter (else full fine-tuning).")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_targets: Literal["mlp", "attention", "all-linear"] = Field(
+        "mlp",
+        description="Modules LoRA adapts, found in the model: each block's MLP projections (the method's; "
+        "Phi3's fused gate_up_proj, GPT-2's c_fc/c_proj), its attention projections, or every linear layer.",
+    )
     lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"], description="Modules LoRA adapts."
+        default_factory=list,
+        description="Module names LoRA adapts, instead of lora_targets (empty: the preset).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Compute dtype (auto: bfloat16 on GPUs that have it, else float32); trained weights stay "
+        "float32 master weights.",
+    )
+    export_dtype: Literal["base", "float32", "bfloat16", "float16"] = Field(
+        "base", description="dtype of the exported merged model (base: the base model's saved dtype)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, one more forward)."
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Data parallelism under torchrun: ddp (a full model copy per process) or fsdp (FSDP2 "
+        "fully_shard: weights, gradients and optimizer state sharded across processes, per decoder layer).",
     )
     seed: int = Field(42, description="Seed of data order, dropout and downsampling.")
-    template: Literal["plain", "short"] = Field("plain", description="Prompt templates (method page §2).")
+    template: Literal["auto", "plain", "short", "chat"] = Field(
+        "auto",
+        description="Prompt templates (method page §2; auto: chat if the tokenizer has a chat template).",
+    )
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept (older ones deleted).")
     resume: bool = Field(True, description="Continue from the latest complete checkpoint under the output.")
