@@ -98,7 +98,16 @@ class PolicySettings(BaseSettings):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     n: int = Field(1, ge=1, description="Responses per prompt.")
     stop: list[str] = Field(default_factory=list, description="Stop sequences.")
-    template: Literal["plain", "short"] = Field("plain", description="Prompt template (method page §2).")
+    template: Literal["auto", "plain", "short", "chat"] = Field(
+        "auto",
+        description="Prompt template (method page §2): chat sends messages to the chat route; auto resolves "
+        "with the tokenizer (or the embedded server's /info).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="The policy's tokenizer (model directory or hub id): renders chat prompts for the tgi "
+        "backend and resolves template=auto.",
+    )
     max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts are rejected or truncated.")
     truncate_long_prompts: bool = Field(False, description="Truncate (and record) instead of rejecting.")
     seed: int = Field(0, ge=0, description="Base seed; each sampled response's seed derives from it.")
@@ -327,7 +336,12 @@ class IterationSettings(BaseSettings):
     gate_tolerance: float = Field(
         0.0, ge=0, le=1, description="Promote when eval accuracy >= previous accuracy - tolerance."
     )
-    eval_template: Literal["plain", "short"] = Field("plain", description="Prompt template of evaluation.")
+    eval_template: Literal["auto", "plain", "short", "chat"] = Field(
+        "auto", description="Prompt template of evaluation (auto: chat if the tokenizer has a chat template)."
+    )
+    eval_device: str = Field(
+        "cpu", description="torch device evaluation decodes on (cpu, cuda, cuda:1; auto: cuda when present)."
+    )
     eval_max_new_tokens: int = Field(64, ge=1, description="Generation length limit of evaluation.")
     eval_batch_size: int = Field(16, ge=1, description="Eval prompts decoded together.")
     model_id: str = Field("cutalign-policy", description="model_id recorded on promoted policy versions.")

@@ -34,7 +34,7 @@ from cutalign.iteration.prompts import reference_of
 from cutalign.judges.base import Judge, run_judge
 from cutalign.policy.generation import SamplingParams, generate
 from cutalign.policy.loading import LoadedPolicy, load_policy
-from cutalign.templates import get_template, join_input
+from cutalign.templates import PromptFormat, join_input
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ def respond(
     policy: LoadedPolicy, prompts: Sequence[Prompt], judge: Judge, decoding: Decoding
 ) -> list[Judged]:
     """Greedy responses of ``policy`` to ``prompts`` under the plain template, each judged."""
-    tpl = get_template(decoding.template)
-    texts = [tpl.format_plain(p["instruction"], p.get("input", "")) for p in prompts]
+    fmt = PromptFormat.of(decoding.template, policy.tokenizer)
+    texts = [fmt.plain(p["instruction"], p.get("input", "")) for p in prompts]
     with torch.inference_mode():
         outputs = generate(
             policy.model,

@@ -1,10 +1,11 @@
 """Step 5: evaluate a policy on the held-out prompt set, exactly as it would be served and judged.
 
-Each eval prompt is formatted with the plain template (the one generation uses), decoded greedily with the
-project's one decoding routine (``cutalign.policy.generation.generate``, which the policy server also runs),
-and judged by the configured judge plug-in. Accuracy is the fraction judged positive. The report also carries
-the counts and, when the trainer measured them, its detection metrics (``detection/precision``, ...,
-averaged over the run's steps), under the project's metric names so KFP, logs and Prometheus agree.
+Each eval prompt is rendered with the policy's template (``cutalign.templates``, as generation renders it),
+decoded greedily with the project's one decoding routine (``cutalign.policy.generation.generate``, which the
+policy server also runs), and judged by the configured judge plug-in. Accuracy is the fraction judged
+positive. The report also carries the counts and, when the trainer measured them, its detection metrics
+(``detection/precision``, ..., averaged over the run's steps), under the project's metric names so KFP, logs
+and Prometheus agree.
 
 A judge that raises fails the evaluation: a judge failure is not a negative judgment, and counting it as one
 would make the gate compare noise.
@@ -27,7 +28,7 @@ from cutalign.policy.generation import SamplingParams, generate
 from cutalign.policy.loading import load_policy
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key
-from cutalign.templates import get_template, join_input
+from cutalign.templates import PromptFormat, join_input
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,22 @@ def evaluate_policy(
     judge: Judge,
     *,
     s3: S3Settings | None,
-    template: str = "plain",
+    template: str = "auto",
     max_new_tokens: int = 64,
     batch_size: int = 16,
     device: str = "cpu",
 ) -> EvalReport:
-    """Generate greedily for every eval prompt with the policy at ``policy_uri`` and judge each response."""
+    """Generate greedily for every eval prompt with the policy at ``policy_uri`` and judge each response.
+
+    ``device`` ``auto`` decodes on the GPU when there is one (the hardware the policy was trained on).
+    """
     if not prompts:
         raise ValueError("the eval set is empty: give a held-out prompt set with at least one prompt")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = load_policy(policy_uri, s3=s3, device=device)
-    tpl = get_template(template)
-    texts = [tpl.format_plain(p["instruction"], p.get("input", "")) for p in prompts]
+    fmt = PromptFormat.of(template, policy.tokenizer)
+    texts = [fmt.plain(p["instruction"], p.get("input", "")) for p in prompts]
     with torch.inference_mode():
         generated = generate(
             policy.model,
