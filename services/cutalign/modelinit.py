@@ -148,7 +148,8 @@ def build_bpe_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus.splitlines(keepends=True), trainer)
+    lines = corpus.splitlines(keepends=True)  # chunks of lines: blank lines (\n\n) stay inside a chunk
+    tokenizer.train_from_iterator(("".join(lines[i : i + 64]) for i in range(0, len(lines), 64)), trainer)
     if spec.add_bos and spec.bos is not None:
         bos_id = tokenizer.token_to_id(spec.bos)
         tokenizer.post_processor = processors.TemplateProcessing(

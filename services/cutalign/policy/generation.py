@@ -287,18 +287,18 @@ def _finish_if_done(
 ) -> GenerationResult | None:
     """The row's result if ``token`` ended it (EOS, a stop sequence, or the length limit), else None."""
     if token in eos_ids:
-        return GenerationResult(_text(tokenizer, tokens[:-1]), "eos", len(tokens), prompt_tokens)
+        return GenerationResult(decode_response(tokenizer, tokens[:-1]), "eos", len(tokens), prompt_tokens)
     if p.stop:
-        text = _text(tokenizer, tokens)
+        text = decode_response(tokenizer, tokens)
         cut = _first_stop(text, p.stop)
         if cut >= 0:
             return GenerationResult(text[:cut], "stop", len(tokens), prompt_tokens)
     if len(tokens) >= p.max_new_tokens:
-        return GenerationResult(_text(tokenizer, tokens), "length", len(tokens), prompt_tokens)
+        return GenerationResult(decode_response(tokenizer, tokens), "length", len(tokens), prompt_tokens)
     return None
 
 
-def _text(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> str:
+def decode_response(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> str:
     """The decoded response, without a trailing incomplete character.
 
     A byte-level tokenizer decodes a character whose bytes span tokens only once all of them are there; cut
