@@ -23,7 +23,13 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.pytorch_utils import Conv1D
 
 from cutalign.config import TrainerSettings
@@ -66,9 +72,8 @@ def saved_dtype(model_dir: Path) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
-def context_length(model: torch.nn.Module) -> int | None:
-    """The longest sequence the model's position embeddings cover (GPT-2: 1024 or its n_positions)."""
-    config = getattr(model, "config", None)
+def context_length(config: PretrainedConfig) -> int | None:
+    """The longest sequence a model's position embeddings cover (GPT-2: its ``n_positions``)."""
     limit = getattr(config, "max_position_embeddings", None)
     return int(limit) if limit else None
 
