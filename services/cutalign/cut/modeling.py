@@ -116,7 +116,7 @@ def load_model(model_dir: Path, settings: TrainerSettings, device: torch.device)
     base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_dir, dtype=frozen)
     base.to(device)  # type: ignore[arg-type]  # transformers' decorated .to() confuses mypy
     if settings.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if not settings.lora:
         return base
     targets = lora_targets(base, settings)
