@@ -58,10 +58,10 @@ def parallelize(model: torch.nn.Module, strategy: str, dist: Dist, dtype: torch.
             fully_shard(layer, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
         return model
-    # buffers (rotary tables) are constant; broadcasting them on every forward would also deadlock ranks whose
+    # buffers (rotary tables) are constant; syncing them on every forward would also deadlock ranks whose
     # micro-batches need a different number of forwards (with and without Misalign rows)
     device_ids = [dist.device] if dist.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
