@@ -66,7 +66,7 @@ def train_command(
     grad_accum: int | None = typer.Option(None, help="Micro-batches per optimizer step."),
     cutoff: int | None = typer.Option(None, help="Max sequence length (left truncation keeps the response)."),
     lora: bool | None = typer.Option(None, "--lora/--full", help="Train a LoRA adapter, or every weight."),
-    template: str | None = typer.Option(None, help="Prompt templates: plain (paper) | short."),
+    template: str | None = typer.Option(None, help="Prompt templates: auto | plain (paper) | short | chat."),
     seed: int | None = typer.Option(None, help="Seed of data order, LoRA init and dropout."),
     checkpoint_every: int | None = typer.Option(None, help="Optimizer steps between checkpoints."),
     resume: bool | None = typer.Option(
