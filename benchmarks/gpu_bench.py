@@ -2,8 +2,8 @@
 
 Not part of ``make bench`` (it needs GPUs). One prepared run, bounded by ``--time-limit``::
 
-    python benchmarks/gpu_bench.py --out gpu_bench.json   # every GPU of the machine (torchrun inside)
-    python benchmarks/gpu_bench.py --smoke                 # a tiny model, 2 CPU processes (gloo)
+    python -m benchmarks.gpu_bench --out gpu_bench.json   # every GPU of the machine (torchrun inside)
+    python -m benchmarks.gpu_bench --smoke                 # a tiny model, 2 CPU processes (gloo)
 
 For each of LoRA/full x DDP/FSDP it builds the trainer's own pieces (``load_model`` with bf16 compute and
 float32 master weights, ``parallelize``, the collator, ``backward_micro_batch``, AdamW, gradient clipping) and
@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,12 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from benchmarks.bench_trainer import reference_backward
 from cutalign.config import TrainerSettings
 from cutalign.cut import sampling
 from cutalign.cut.collator import CutCollator, ExampleTokenizer, TokenizedExample
 from cutalign.cut.distributed import Dist, init_distributed
 from cutalign.cut.examples import CutExample
-from cutalign.cut.loss import cut_loss
 from cutalign.cut.modeling import compute_dtype, load_model, trainable_parameters
 from cutalign.cut.objectives import CutObjective, Objective, SftObjective, backward_micro_batch, should_fuse
 from cutalign.cut.parallel import gradient_sync, is_sharded, parallelize
@@ -215,7 +215,7 @@ class Bench:
             started = time.perf_counter()
             for i, ex in enumerate(chunk):
                 with gradient_sync(t.runner, i == len(chunk) - 1):
-                    _reference_backward(t, ex, self.pad, 1 / len(chunk), dist.device)
+                    reference_backward(t.runner, ex, self.pad, 1 / len(chunk), dist.device, t.autocast)
             t.step()
             _sync()
             if step >= args.warmup:
@@ -223,29 +223,6 @@ class Bench:
         seconds = sum(times)
         examples_per_s = args.micro_batch * dist.world * len(times) / seconds
         return Figures(run, float("nan"), examples_per_s, None, None, seconds / len(times))
-
-
-def _reference_backward(
-    t: Trained, ex: TokenizedExample, pad: int, scale: float, device: torch.device
-) -> None:
-    judged = list(ex.plain_ids if ex.positive else ex.judged_ids)
-    misalign = [] if ex.positive else list(ex.plain_ids)
-    length = max(len(judged), len(misalign))
-    ids = torch.full((2, length), pad)
-    labels = torch.full((2, length), -100)
-    attention = torch.zeros((2, length), dtype=torch.long)
-    for row, seq in enumerate([judged, misalign]):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention[row, : len(seq)] = 1
-        labels[row, len(seq) - ex.response_len : len(seq)] = torch.tensor(seq[len(seq) - ex.response_len :])
-    attention[1, 0] = 1  # a padding row still attends to one position
-    ids, labels, attention = ids.to(device), labels.to(device), attention.to(device)
-    with t.autocast or nullcontext():
-        logits = t.runner(input_ids=ids, attention_mask=attention, use_cache=False).logits
-    n = 0 if ex.positive else 1
-    negative = torch.tensor([not ex.positive], device=device)
-    out = cut_loss(logits[:1], labels[:1], logits[1 : 1 + n], labels[1 : 1 + n], negative)
-    (out.loss * scale).backward()
 
 
 def _sync() -> None:
@@ -313,17 +290,20 @@ def main(argv: list[str] | None = None) -> int:
     if "RANK" not in os.environ:  # launch ourselves through torchrun, one process per GPU
         gpus = torch.cuda.device_count() if torch.cuda.is_available() and not args.smoke else 0
         nproc = args.nproc or gpus or 2
-        command = [
+        torchrun = [
             sys.executable,
             "-m",
             "torch.distributed.run",
             "--standalone",
-            "--nproc-per-node",
-            str(nproc),
+            f"--nproc-per-node={nproc}",
         ]
-        return subprocess.run(
-            [*command, __file__, *argv], timeout=args.time_limit + 180, check=False
-        ).returncode
+        root = str(Path(__file__).resolve().parents[1])  # so every rank imports the benchmarks package
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+        command = [*torchrun, "--module", "benchmarks.gpu_bench", *argv]
+        return subprocess.run(command, env=env, timeout=args.time_limit + 180, check=False).returncode
     started = time.monotonic()
     dist = init_distributed("cpu" if args.smoke else None)
     if args.smoke:

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def test_smoke_run_measures_every_configuration(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
-    command = [sys.executable, str(SCRIPT), "--smoke", "--steps", "1", "--warmup", "1", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "benchmarks.gpu_bench", "--smoke", "--steps", "1", "--warmup", "1"]
+    done = subprocess.run(
+        [*command, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {f["run"]: f for f in json.loads(out.read_text())}
     assert set(runs) == {
