@@ -25,7 +25,9 @@ import string
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer
@@ -117,7 +119,7 @@ def _measure(label: str, shape: ModelShape) -> None:
         return step
 
     def reference(chunk: list[TokenizedExample]) -> tuple[int, int]:
-        counts = [_reference_backward(model, ex, pad, scale=1 / len(chunk)) for ex in chunk]
+        counts = [reference_backward(model, ex, pad, scale=1 / len(chunk)) for ex in chunk]
         optimizer_step()
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
@@ -181,10 +183,18 @@ def _best_pass(
     return best
 
 
-def _reference_backward(
-    model: torch.nn.Module, ex: TokenizedExample, pad: int, scale: float
+def reference_backward(
+    model: torch.nn.Module,
+    ex: TokenizedExample,
+    pad: int,
+    scale: float,
+    device: torch.device = CPU,
+    autocast: AbstractContextManager[Any] | None = None,
 ) -> tuple[int, int]:
-    """The reference code's micro-batch of one: [judged row; Misalign row or a padding row], one forward."""
+    """The reference code's micro-batch of one: [judged row; Misalign row or a padding row], one forward.
+
+    Returns (real tokens, padded tokens computed). Also the GPU benchmark's reference layout.
+    """
     judged = list(ex.plain_ids if ex.positive else ex.judged_ids)
     misalign = [] if ex.positive else list(ex.plain_ids)
     length = max(len(judged), len(misalign))
@@ -196,11 +206,12 @@ def _reference_backward(
         attention[row, : len(seq)] = 1
         labels[row, len(seq) - ex.response_len : len(seq)] = torch.tensor(seq[len(seq) - ex.response_len :])
     attention[1, 0] = 1  # a padding row still attends to one position
-    logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+    ids, labels, attention = ids.to(device), labels.to(device), attention.to(device)
+    with autocast or nullcontext():
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
     n = 0 if ex.positive else 1
-    out = cut_loss(
-        logits[:1], labels[:1], logits[1 : 1 + n], labels[1 : 1 + n], torch.tensor([not ex.positive])
-    )
+    negative = torch.tensor([not ex.positive], device=device)
+    out = cut_loss(logits[:1], labels[:1], logits[1 : 1 + n], labels[1 : 1 + n], negative)
     (out.loss * scale).backward()
     return len(judged) + len(misalign), ids.numel()
 

@@ -9,8 +9,8 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from cutalign.cut.collator import CutCollator, ExampleTokenizer, TokenizedExample
-from cutalign.cut.examples import CutExample, DataError
+from cutalign.cut.collator import CutCollator, ExampleTokenizer, ExampleTooLong, TokenizedExample
+from cutalign.cut.examples import CutExample
 from cutalign.cut.loss import cut_loss
 from cutalign.cut.objectives import (
     CutObjective,
@@ -69,8 +69,10 @@ def test_left_truncation_keeps_bos_and_the_whole_response() -> None:
         assert ids[0] == TOK.bos_token_id
         assert ids[-4:] == (*_ids("abc"), EOS)
         assert ids[-5] == _ids("\n")[0]  # the end of "### Response:\n" survives, its start is cut
-    with pytest.raises(DataError, match=r"sample 'long'.*raise the cutoff"):
-        ExampleTokenizer(TOK, "plain", cutoff=4)(example)
+    short = ExampleTokenizer(TOK, "plain", cutoff=4)
+    assert not short.fits(example) and ExampleTokenizer(TOK, "plain", cutoff=5).fits(example)
+    with pytest.raises(ExampleTooLong, match=r"sample 'long'.*no room for the prompt within cutoff=4"):
+        short(example)
 
 
 def _merging_tokenizer(merges: list[tuple[str, str]]) -> PreTrainedTokenizerFast:
@@ -83,11 +85,15 @@ def _merging_tokenizer(merges: list[tuple[str, str]]) -> PreTrainedTokenizerFast
     )
 
 
-def test_response_tokenized_differently_under_the_two_prompts_is_refused() -> None:
-    # "x" + "ab" merges into "xa", "y" + "ab" does not: the response would be different tokens per context
-    tokenizer = ExampleTokenizer(_merging_tokenizer([("x", "a")]), Template(plain="P x", judged="J y"))
-    with pytest.raises(DataError, match=r"sample 'n': the response tokenizes differently"):
-        tokenizer(CutExample("n", "i", "", "ab", "bad", False))
+def test_no_merge_crosses_the_prompt_response_boundary() -> None:
+    # jointly, "x" + "ab" would merge into "xa", "y" + "ab" would not; tokenized apart, the prompt keeps its
+    # own ids (as a server encodes it) and the response is the same ids after both prompts
+    merging = _merging_tokenizer([("x", "a")])
+    tokenizer = ExampleTokenizer(merging, Template(plain="P x", judged="J y"))
+    tok = tokenizer(CutExample("n", "i", "", "ab", "bad", False))
+    assert tok.plain_ids[: -tok.response_len] == tuple(merging("P x")["input_ids"])
+    assert tok.plain_ids[-tok.response_len :] == tok.judged_ids[-tok.response_len :]
+    assert tok.plain_ids[-tok.response_len :] == (*merging("ab", add_special_tokens=False)["input_ids"], 1)
 
 
 def test_error_spans_become_token_masks_through_offsets() -> None:

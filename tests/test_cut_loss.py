@@ -81,6 +81,32 @@ def reference_cut(
     return ((l1 + l2) / 2 if any(is_negative) else l2), l1, l2
 
 
+def reference_per_example(logits, labels, mis_logits, mis_labels, is_negative, span=None, known=None, **kw):
+    """``normalization="example"``: each example alone through ``reference_cut``, the results averaged (L2
+    over every example, L1 over the negatives)."""
+    losses, l1s, l2s = [], [], []
+    k = 0
+    for b, negative in enumerate(is_negative):
+        mis = slice(k, k + 1) if negative else slice(k, k)
+        k += int(negative)
+        loss, l1, l2 = reference_cut(
+            logits[b : b + 1],
+            labels[b : b + 1],
+            mis_logits[mis],
+            mis_labels[mis],
+            [negative],
+            span=None if span is None else span[mis],
+            known=None if known is None else known[mis],
+            **kw,
+        )
+        losses.append(loss)
+        l2s.append(l2)
+        if negative:
+            l1s.append(l1)
+    l1 = sum(l1s) / len(l1s) if l1s else torch.zeros((), dtype=torch.float64)
+    return sum(losses) / len(losses), l1, sum(l2s) / len(l2s)
+
+
 # -- random cases: variable prompt/response lengths, padding, Misalign rows with their own prompts ---------
 
 
@@ -136,14 +162,18 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("normalization", ["example", "batch"])
 @pytest.mark.parametrize(("batch", "options"), list(itertools.product(range(len(BATCHES)), OPTIONS)))
-def test_matches_independent_implementation_values_and_gradients(batch: int, options: dict) -> None:
+def test_matches_independent_implementation_values_and_gradients(
+    batch: int, options: dict, normalization: str
+) -> None:
     opts = dict(options)
     with_span = opts.pop("with_span", False)
     logits64, labels, mis64, mis_labels, is_neg, span, known = make_case(100 + batch, BATCHES[batch])
     ref_logits = logits64.clone().requires_grad_()
     ref_mis = mis64.clone().requires_grad_()
-    ref_loss, ref_l1, ref_l2 = reference_cut(
+    reference = reference_per_example if normalization == "example" else reference_cut
+    ref_loss, ref_l1, ref_l2 = reference(
         ref_logits,
         labels,
         ref_mis,
@@ -164,7 +194,7 @@ def test_matches_independent_implementation_values_and_gradients(batch: int, opt
     logits = logits64.float().requires_grad_()
     mis = mis64.float().requires_grad_()
     extra = dict(span_mask=span, span_known=known) if with_span else {}
-    out = cut_loss(logits, labels, mis, mis_labels, is_neg, **opts, **extra)
+    out = cut_loss(logits, labels, mis, mis_labels, is_neg, **opts, **extra, normalization=normalization)
     out.loss.backward()
 
     assert out.loss.dtype == torch.float32 and out.loss.dim() == 0

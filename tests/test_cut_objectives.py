@@ -42,13 +42,17 @@ def test_sft_and_hindsight_are_token_mean_mle() -> None:
     assert hindsight.loss.item() == pytest.approx(math.log(V)) and hindsight.unlikelihood == 0.0
 
 
+@pytest.mark.parametrize("normalization", ["example", "batch"])
 @pytest.mark.parametrize("combine", ["mean", "sum"])
-def test_unlikelihood_on_every_negative_token(combine: str) -> None:
-    objective = UnlikelihoodObjective(unlikelihood_weight=0.5, combine=combine)
+def test_unlikelihood_on_every_negative_token(combine: str, normalization: str) -> None:
+    objective = UnlikelihoodObjective(unlikelihood_weight=0.5, combine=combine, normalization=normalization)
     out = _loss(objective, [POS, NEG])
     l1, l2 = -0.5 * math.log(1 - 1 / V), math.log(V)
     assert out.unlikelihood == pytest.approx(l1) and out.mle == pytest.approx(l2)
-    assert out.loss.item() == pytest.approx((l1 + l2) / 2 if combine == "mean" else l1 + l2)
+    if normalization == "example":  # a positive's loss is its L2, a negative's its L1: averaged
+        assert out.loss.item() == pytest.approx((l1 + l2) / 2)
+    else:
+        assert out.loss.item() == pytest.approx((l1 + l2) / 2 if combine == "mean" else l1 + l2)
     assert out.flagged_tokens == out.misalign_tokens == 2  # "c" and EOS
     assert _loss(objective, [NEG]).loss.item() == pytest.approx(l1)  # negatives only: no MLE rows at all
     assert _loss(objective, [POS]).loss.item() == pytest.approx(l2)

@@ -20,11 +20,11 @@ from cutalign.cli.show import print_session
 from cutalign.config import KafkaSettings, OnlineSettings, S3Settings
 from cutalign.demo.app import JUDGMENT_ARM, DemoSettings, run_demo
 from cutalign.demo.basemodel import SPEC_FILE, BaseModelSpec, WarmStartData, cached_base_model
-from cutalign.demo.warmstart import WarmStartSettings
 from cutalign.modelinit import ModelShape
 from cutalign.online.session import Callbacks
 from cutalign.online.stack import run_bucket
 from cutalign.policy.promotion import current_release
+from cutalign.reading.training import WarmStartSettings
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key, iteration_manifest_key
 

@@ -17,13 +17,14 @@ from cutalign.demo.basemodel import (
     SPEC_FILE,
     BaseModelSpec,
     WarmStartData,
+    as_cut_example,
     build_base_model,
     cached_base_model,
     fetch_base_model,
 )
 from cutalign.demo.task import CountingTask, tokenizer_corpus, warm_start_examples
-from cutalign.demo.warmstart import WARM_START_PLAN, WarmStartSettings, as_cut_example, warm_start
 from cutalign.modelinit import ModelShape, init_model
+from cutalign.reading.training import WARM_START_PLAN, WarmStartSettings, warm_start
 from cutalign.store import ArtifactStore
 
 torch.set_num_threads(1)
@@ -66,7 +67,7 @@ def test_warm_start_trains_plain_examples_plainly_and_judged_ones_under_their_ju
     steps: list[tuple[int, int]] = []
     warm_start(
         tmp_path / "init",
-        examples,
+        [as_cut_example(i, ex) for i, ex in enumerate(examples)],
         WarmStartSettings(epochs=6, batch_size=16, learning_rate=3e-3),
         tmp_path / "warm",
         on_step=lambda step, total, loss: steps.append((step, total)),

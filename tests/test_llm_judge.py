@@ -5,7 +5,9 @@ known: a one-layer Llama whose attention and MLP write nothing, so the next toke
 one (a bigram table). The prompt ends with the response, so the response's last character picks the judgment:
 "!" -> ``PErfeCt.`` (the "Perfect" rule, case-insensitively; a bigram cannot spell "Perfect" with two
 lowercase e's), "?" -> ``No.``, anything else -> end of text at once (an empty judgment). A recording proxy on
-loopback sits between the judge and the policy server, so the prompt format is asserted on what was sent.
+loopback sits between the judge and the policy server, so the prompt format is asserted on what was sent. The
+model has no chat template, so these judges use ``template="auto"`` (resolved through the server's ``/info``
+to the text prompt); the chat form of the prompt is checked without a server.
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from cutalign.config import JudgeSettings
 from cutalign.judges.base import InvalidJudgment, Judgment, run_judge
 from cutalign.judges.guard import GamingGuard
-from cutalign.judges.llm import PAPER_SYSTEM_PROMPT, LLMJudge, quoted_spans
+from cutalign.judges.llm import PAPER_SYSTEM_PROMPT, LLMJudge, quoted_spans, unusable_reason
 from cutalign.judges.loader import judge_from_settings
 from cutalign.modelinit import build_char_tokenizer
+from cutalign.policy.client import Completion
 from cutalign.policy.launcher import PolicyServerProcess, free_port, start_policy_server
 
 torch.set_num_threads(1)
 
 SCRIPT = {"!": "PErfeCt.", "?": "No."}  # last character of the prompt -> what the model says
+PROMPT_LINES = ["### Instruction:", "### Response:"]  # the fixed lines of the paper's user template
 
 
 def scripted_model(directory: Path) -> Path:
@@ -83,13 +87,17 @@ def scripted_model(directory: Path) -> Path:
 
 
 class Recorder:
-    """A loopback HTTP proxy to ``upstream`` that keeps (method, path, JSON body) of every request."""
+    """A loopback HTTP proxy to ``upstream`` that keeps (method, path, JSON body) of every POST (GETs, such as
+    ``/info``, are forwarded and not kept)."""
 
     def __init__(self, upstream: str) -> None:
         self.requests: list[tuple[str, str, Any]] = []
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                self._forward(urllib.request.Request(upstream + self.path, method="GET"))
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 recorder.requests.append(("POST", self.path, json.loads(body)))
@@ -99,6 +107,9 @@ class Recorder:
                     method="POST",
                     headers={"content-type": self.headers.get("content-type", "application/json")},
                 )
+                self._forward(forward)
+
+            def _forward(self, forward: urllib.request.Request) -> None:
                 try:
                     with urllib.request.urlopen(forward, timeout=30) as r:
                         status, payload = r.status, r.read()
@@ -150,7 +161,7 @@ def test_paper_system_prompt_is_verbatim() -> None:
 
 @pytest.mark.parametrize("backend", ["openai", "tgi"])
 def test_paper_prompt_on_the_wire_and_the_perfect_rule(recorder: Recorder, backend: str) -> None:
-    judge = LLMJudge(url=recorder.url, backend=backend, max_new_tokens=12)
+    judge = LLMJudge(url=recorder.url, backend=backend, max_new_tokens=12, template="auto")
     try:
         positive = judge.judge("Greet the user.", "Hello there!", None)
         negative = judge.judge("Is water wet?", "Why?", None)
@@ -161,12 +172,10 @@ def test_paper_prompt_on_the_wire_and_the_perfect_rule(recorder: Recorder, backe
 
     (m1, path1, body1), (_, path2, body2) = recorder.requests
     assert m1 == "POST"
-    if backend == "openai":
-        assert path1 == path2 == "/v1/chat/completions"
-        assert body1["messages"] == [
-            {"role": "user", "content": _paper_prompt("Greet the user.", "Hello there!")}
-        ]
-        assert body2["messages"][0]["content"] == _paper_prompt("Is water wet?", "Why?")
+    if backend == "openai":  # a text prompt goes to the completions route, never into a chat template
+        assert path1 == path2 == "/v1/completions"
+        assert body1["prompt"] == _paper_prompt("Greet the user.", "Hello there!")
+        assert body2["prompt"] == _paper_prompt("Is water wet?", "Why?")
         assert body1["temperature"] == 0.0 and body1["max_tokens"] == 12, "judging decodes greedily"
     else:
         assert path1 == path2 == "/"
@@ -177,12 +186,12 @@ def test_paper_prompt_on_the_wire_and_the_perfect_rule(recorder: Recorder, backe
 
 def test_deployed_llm_judge_is_guarded_so_a_degenerate_response_is_never_positive(recorder: Recorder) -> None:
     settings = JudgeSettings(
-        judge="llm", options_json=json.dumps({"url": recorder.url, "max_new_tokens": 12})
+        judge="llm", options_json=json.dumps({"url": recorder.url, "max_new_tokens": 12, "template": "auto"})
     )
     judge = judge_from_settings(settings)
     assert isinstance(judge, GamingGuard) and isinstance(judge.inner, LLMJudge)
     vetoed = run_judge(judge, "Greet the user.", "!", None)
-    assert recorder.requests[-1][2]["messages"][0]["content"].endswith("### Response: !")
+    assert recorder.requests[-1][2]["prompt"].endswith("### Response: !")
     assert not vetoed.positive, "the model said PErfeCt. to a lone '!'; the guard must veto it"
     assert vetoed.text == "The response is only punctuation; it should answer the instruction."
     assert vetoed.error_spans == [(0, 1)]
@@ -194,6 +203,7 @@ def test_prompt_and_rule_are_configurable_and_reference_reaches_the_prompt(recor
     judge = LLMJudge(
         url=recorder.url,
         max_new_tokens=12,
+        template="auto",
         system_prompt="",
         user_template="Q: {instruction}\nfacts: {reference}\nA: {response}",
         positive_pattern=r"^no\.$",
@@ -201,17 +211,14 @@ def test_prompt_and_rule_are_configurable_and_reference_reaches_the_prompt(recor
     result = judge.judge("Any mistakes?", "None?", {"b": 1, "a": "x"})
     judge.close()
     assert result.positive and result.text == "No.", "the configured rule decides polarity"
-    assert (
-        recorder.requests[-1][2]["messages"][0]["content"]
-        == 'Q: Any mistakes?\nfacts: {"a": "x", "b": 1}\nA: None?'
-    )
+    assert recorder.requests[-1][2]["prompt"] == 'Q: Any mistakes?\nfacts: {"a": "x", "b": 1}\nA: None?'
     assert result.judge_id != LLMJudge(url=recorder.url).id, (
         "a different prompt or rule is a different judge id"
     )
 
 
 def test_an_empty_judgment_is_an_error_not_a_judgment(recorder: Recorder) -> None:
-    judge = LLMJudge(url=recorder.url, max_new_tokens=12)
+    judge = LLMJudge(url=recorder.url, max_new_tokens=12, template="auto")
     with pytest.raises(InvalidJudgment, match="empty judgment"):
         judge.judge("Greet the user.", "Hello.", None)  # "." -> end of text at once
     judge.close()
@@ -254,7 +261,7 @@ def test_kserve_judge_serves_the_llm_judge_and_rejects_malformed_requests(
     recorder: Recorder, tmp_path: Path
 ) -> None:
     port = free_port()
-    options = json.dumps({"url": recorder.url, "max_new_tokens": 12})
+    options = json.dumps({"url": recorder.url, "max_new_tokens": 12, "template": "auto"})
     log_path = tmp_path / "kserve-judge.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
@@ -351,3 +358,48 @@ def _call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
         return e.code, json.loads(e.read())
     except (urllib.error.URLError, ConnectionError):
         return 0, None
+
+
+def test_a_chat_judge_sends_the_system_and_user_parts_as_messages() -> None:
+    judge = LLMJudge(url="http://127.0.0.1:1")  # the default template is chat: no server needed to render
+    assert judge.prompt("Greet the user.", "Hi!", None) == [
+        {"role": "system", "content": PAPER_SYSTEM_PROMPT},
+        {"role": "user", "content": "### Instruction: Greet the user.\n\n### Response: Hi!"},
+    ]
+    judge.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("", "empty"),
+        ("  ...  ", "empty"),
+        ("I'm sorry, but I can't help with that.", "refusal"),
+        ("As an AI language model, I do not judge.", "refusal"),
+        ("“Sorry — cannot evaluate this.”", "refusal"),
+        ("### Response: 15 17 18", "repeats the judging prompt"),
+        ("purple banana skyline", "refers to neither"),
+        ("The response says 17 where 16 belongs.", None),
+        ("Missing the last step.", None),
+        ("No.", None),
+        ("Paris is not the answer; Lyon is.", None),
+        ("Lyon.", None),  # names a word of the instruction: a terse critique, still about the task
+    ],
+)
+def test_unusable_replies_are_named(reply: str, reason: str | None) -> None:
+    found = unusable_reason(
+        reply, "Which city is the capital of Lyon's region?", "15 17 18 Paris", PROMPT_LINES
+    )
+    assert (found is None) if reason is None else (found is not None and reason in found), found
+
+
+def test_an_unusable_reply_is_an_error_not_a_judgment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in transport: the client returns a canned completion (a real model cannot be made to refuse)."""
+    judge = LLMJudge(url="http://127.0.0.1:1")
+    canned = Completion(
+        "I cannot evaluate this response.", "eos", 7, judge.client.generation_params(), None, 1, 0.0
+    )
+    monkeypatch.setattr(judge.client, "complete", lambda prompt, **kw: canned)
+    with pytest.raises(InvalidJudgment, match="no usable judgment: it is a refusal"):
+        judge.judge("Greet the user.", "Hi!", None)
+    judge.close()

@@ -1,6 +1,7 @@
-"""PolicyClient failure policy and concurrency bound. A real server cannot be made to answer 429/503 or to
-hang on demand, so these tests use a minimal real HTTP stub of the OpenAI chat route that fails as scripted
-(named ``stub`` below); the happy paths run against the real KServe server in test_policy_server.py."""
+"""PolicyClient failure policy, concurrency bound and offline mode. A real server cannot be made to answer
+429/503 or to hang on demand, so these tests use a minimal real HTTP stub of the OpenAI completion routes that
+fails as scripted (named ``stub`` below); the happy paths run against the real KServe server in
+test_policy_server.py and test_chat_templates.py."""
 
 from __future__ import annotations
 
@@ -12,22 +13,41 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from huggingface_hub import constants
+from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.utils import get_session
 
 from cutalign.config import PolicySettings
-from cutalign.policy.client import PolicyClient, PolicyRejected, PolicyUnavailable
+from cutalign.policy.client import PolicyClient, PolicyError, PolicyRejected, PolicyUnavailable
 from cutalign.policy.launcher import free_port
 
-ANSWER = {
-    "id": "x", "object": "chat.completion", "created": 0, "model": "policy", "system_fingerprint": "tgi-2.4",
-    "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "42"}, "finish_reason": "eos_token"}
-    ],
-    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-}  # fmt: skip
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+ANSWERS = {  # the OpenAI shapes, by route
+    "/v1/chat/completions": {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "policy",
+        "system_fingerprint": "tgi-2.4",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "42"}, "finish_reason": "eos_token"}
+        ],
+        "usage": USAGE,
+    },
+    "/v1/completions": {
+        "id": "x",
+        "object": "text_completion",
+        "created": 0,
+        "model": "policy",
+        "choices": [{"index": 0, "text": "42", "finish_reason": "eos_token"}],
+        "usage": USAGE,
+    },
+}
 
 
 class Stub:
-    """Answers POST /v1/chat/completions with ``script(n)`` -> (status, delay_s) for the n-th request."""
+    """Answers POST /v1/chat/completions and /v1/completions with ``script(n)`` -> (status, delay_s) for the
+    n-th request; ``paths`` records each request's path and ``bodies`` its JSON body."""
 
     def __init__(self, script: Callable[[int], tuple[int, float]]) -> None:
         self.script = script
@@ -35,12 +55,16 @@ class Stub:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.paths: list[str] = []
+        self.bodies: list[dict] = []
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                self.rfile.read(int(self.headers["content-length"]))
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 with stub.lock:
+                    stub.paths.append(self.path)
+                    stub.bodies.append(body)
                     n = stub.requests
                     stub.requests += 1
                     stub.in_flight += 1
@@ -49,7 +73,8 @@ class Stub:
                 time.sleep(delay)
                 with stub.lock:
                     stub.in_flight -= 1
-                body = json.dumps(ANSWER if status == 200 else {"error": f"scripted {status}"}).encode()
+                body = json.dumps(ANSWERS[self.path] if status == 200 else {"error": f"scripted {status}"})
+                body = body.encode()
                 try:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
@@ -58,6 +83,14 @@ class Stub:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
                     pass
+
+            def do_GET(self) -> None:  # noqa: N802 - TGI's /info, which says nothing of chat templates
+                body = json.dumps({"model_id": "stub", "model_sha": None}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:
                 return
@@ -86,7 +119,7 @@ def stub() -> Iterator[Callable[[Callable[[int], tuple[int, float]]], Stub]]:
 
 def settings(url: str, **overrides: object) -> PolicySettings:
     return PolicySettings(
-        url=url, backend="openai", retry_backoff_s=0.1, retry_max_backoff_s=0.3, **overrides
+        **{"url": url, "backend": "openai", "retry_backoff_s": 0.1, "retry_max_backoff_s": 0.3, **overrides}
     )
 
 
@@ -153,7 +186,7 @@ def test_generation_params_record_how_each_response_was_decoded() -> None:
     assert (greedy.max_new_tokens, list(greedy.stop), greedy.template, greedy.backend) == (
         9,
         ["###"],
-        "plain",
+        "auto",  # not resolved yet: no prompt was rendered
         "openai",
     )
     sampled = PolicyClient(PolicySettings(do_sample=True, temperature=0.5, top_p=0.9, n=2)).generation_params(
@@ -163,3 +196,34 @@ def test_generation_params_record_how_each_response_was_decoded() -> None:
     assert sampled.top_p == pytest.approx(0.9)
     with pytest.raises(ValueError, match="policy.n > 1 needs policy.do_sample=true"):
         PolicySettings(n=2)
+
+
+def test_text_prompts_go_to_completions_and_chat_messages_to_the_chat_route(stub: Callable) -> None:
+    server = stub(lambda n: (200, 0.0))
+    client = PolicyClient(settings(server.url, template="short"))
+    assert client.request("2+2?") == "Q: 2+2?\nA: "
+    client.complete(client.request("2+2?"))
+    client.complete([{"role": "user", "content": "2+2?"}])
+    assert server.paths == ["/v1/completions", "/v1/chat/completions"]
+    assert server.bodies[0]["prompt"] == "Q: 2+2?\nA: " and "messages" not in server.bodies[0]
+    assert server.bodies[1]["messages"] == [{"role": "user", "content": "2+2?"}]
+    assert PolicyClient(settings(server.url, template="chat")).request("2+2?") == [
+        {"role": "user", "content": "2+2?"}
+    ]
+    with pytest.raises(PolicyError, match="set CUTALIGN_POLICY_TOKENIZER"):
+        PolicyClient(settings(server.url, template="chat", backend="tgi")).request("2+2?")
+    with pytest.raises(PolicyError, match="template 'auto' cannot be resolved"):  # TGI's /info is silent
+        PolicyClient(settings(server.url)).request("2+2?")
+
+
+def test_offline_mode_blocks_the_hub_but_not_an_explicit_url(
+    stub: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE=1 is read into huggingface_hub.constants at import; set the same flag here."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    server = stub(lambda n: (200, 0.0))
+    client = PolicyClient(settings(server.url, template="plain"))
+    assert client.complete("x").text == "42"
+    assert client.complete([{"role": "user", "content": "x"}]).text == "42"
+    with pytest.raises(OfflineModeIsEnabled):
+        get_session().get(f"{constants.ENDPOINT}/api/models/gpt2")

@@ -175,3 +175,39 @@ def test_s3_manifest_model_and_outputs(store: ArtifactStore, base: Path, tmp_pat
     )  # resumes from S3: nothing left to do
     assert again.resumed_from == 2 and again.model_sha256 == result.model_sha256
     assert again.final_metrics == result.final_metrics
+
+
+def test_a_bfloat16_base_is_trained_on_float32_master_weights_and_exported_in_bfloat16(
+    data: Path, tmp_path: Path
+) -> None:
+    base = tiny_model(tmp_path / "fp32")
+    AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "bf16")
+    for lora in (True, False):
+        out = tmp_path / f"out-{lora}"
+        settings = TrainerSettings(**{**BASE_SETTINGS, "lora": lora, "dtype": "auto"})  # CPU: float32 compute
+        train(settings, str(data), str(tmp_path / "bf16"), str(out), progress=False)
+        exported = load_file(out / "model" / "model.safetensors")
+        assert {t.dtype for t in exported.values()} == {torch.bfloat16}, "exports keep the base's dtype"
+        full = train(
+            TrainerSettings(**{**BASE_SETTINGS, "lora": lora, "export_dtype": "float32"}),
+            str(data),
+            str(tmp_path / "bf16"),
+            str(tmp_path / f"fp32-out-{lora}"),
+            progress=False,
+        )
+        assert {t.dtype for t in load_file(Path(full.model_uri) / "model.safetensors").values()} == {
+            torch.float32
+        }
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result(base: Path, data: Path, tmp_path: Path) -> None:
+    runs = {}
+    for checkpointing in (False, True):
+        settings = TrainerSettings(
+            **{**BASE_SETTINGS, "lora_dropout": 0.0, "gradient_checkpointing": checkpointing}
+        )
+        train(settings, str(data), str(base), str(tmp_path / str(checkpointing)), progress=False)
+        runs[checkpointing] = load_file(tmp_path / str(checkpointing) / "model" / "model.safetensors")
+    for name, tensor in runs[False].items():
+        torch.testing.assert_close(runs[True][name], tensor, rtol=1e-5, atol=1e-6, msg=name)

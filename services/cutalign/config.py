@@ -105,7 +105,16 @@ class PolicySettings(BaseSettings):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     n: int = Field(1, ge=1, description="Responses per prompt.")
     stop: list[str] = Field(default_factory=list, description="Stop sequences.")
-    template: Literal["plain", "short"] = Field("plain", description="Prompt template (method page §2).")
+    template: Literal["auto", "plain", "short", "chat"] = Field(
+        "auto",
+        description="Prompt template (method page §2): chat sends messages to the chat route; auto resolves "
+        "with the tokenizer (or the embedded server's /info).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="The policy's tokenizer (model directory or hub id): renders chat prompts for the tgi "
+        "backend and resolves template=auto.",
+    )
     max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts are rejected or truncated.")
     truncate_long_prompts: bool = Field(False, description="Truncate (and record) instead of rejecting.")
     seed: int = Field(0, ge=0, description="Base seed; each sampled response's seed derives from it.")
@@ -188,6 +197,11 @@ class TrainerSettings(BaseSettings):
     unlikelihood_weight: float = Field(1.0, ge=0, description="α: unlikelihood weight.")
     gamma: float = Field(0.0, ge=0, description="γ: dynamic weighting exponent (0 = reference code).")
     combine: Literal["mean", "sum"] = Field("mean", description="(L1+L2)/2 (reference) or L1+L2 (paper).")
+    normalization: Literal["example", "batch"] = Field(
+        "example",
+        description="Loss per example, examples averaged (the published micro-batch-1 objective at any "
+        "micro-batch size), or token means per micro-batch (earlier releases).",
+    )
     learning_rate: float = Field(4e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps spent warming up.")
@@ -195,16 +209,46 @@ class TrainerSettings(BaseSettings):
     micro_batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
-    cutoff: int = Field(2048, ge=8, description="Max sequence length; left truncation keeps the response.")
+    cutoff: int = Field(
+        2048,
+        ge=8,
+        description="Max sequence length (capped at the model's context); left truncation keeps the "
+        "response; an example whose response alone does not fit is skipped and counted.",
+    )
     lora: bool = Field(True, description="Train a LoRA adapter (else full fine-tuning).")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_targets: Literal["mlp", "attention", "all-linear"] = Field(
+        "mlp",
+        description="Modules LoRA adapts, found in the model: each block's MLP projections (the method's; "
+        "Phi3's fused gate_up_proj, GPT-2's c_fc/c_proj), its attention projections, or every linear layer.",
+    )
     lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"], description="Modules LoRA adapts."
+        default_factory=list,
+        description="Module names LoRA adapts, instead of lora_targets (empty: the preset).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Compute dtype (auto: bfloat16 on GPUs that have it, else float32); trained weights stay "
+        "float32 master weights.",
+    )
+    export_dtype: Literal["base", "float32", "bfloat16", "float16"] = Field(
+        "base", description="dtype of the exported merged model (base: the base model's saved dtype)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, one more forward)."
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Data parallelism under torchrun: ddp (a full model copy per process) or fsdp (FSDP2 "
+        "fully_shard: weights, gradients and optimizer state sharded across processes, per decoder layer).",
     )
     seed: int = Field(42, description="Seed of data order, dropout and downsampling.")
-    template: Literal["plain", "short"] = Field("plain", description="Prompt templates (method page §2).")
+    template: Literal["auto", "plain", "short", "chat"] = Field(
+        "auto",
+        description="Prompt templates (method page §2; auto: chat if the tokenizer has a chat template).",
+    )
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept (older ones deleted).")
     resume: bool = Field(True, description="Continue from the latest complete checkpoint under the output.")
@@ -301,7 +345,12 @@ class IterationSettings(BaseSettings):
     gate_tolerance: float = Field(
         0.0, ge=0, le=1, description="Promote when eval accuracy >= previous accuracy - tolerance."
     )
-    eval_template: Literal["plain", "short"] = Field("plain", description="Prompt template of evaluation.")
+    eval_template: Literal["auto", "plain", "short", "chat"] = Field(
+        "auto", description="Prompt template of evaluation (auto: chat if the tokenizer has a chat template)."
+    )
+    eval_device: str = Field(
+        "cpu", description="torch device evaluation decodes on (cpu, cuda, cuda:1; auto: cuda when present)."
+    )
     eval_max_new_tokens: int = Field(64, ge=1, description="Generation length limit of evaluation.")
     eval_batch_size: int = Field(16, ge=1, description="Eval prompts decoded together.")
     model_id: str = Field("cutalign-policy", description="model_id recorded on promoted policy versions.")

@@ -3,12 +3,15 @@
 A checkpoint ``step-00000012/`` under the run's checkpoint root (a local directory or an S3 prefix) holds:
 
     trainable.safetensors   every trainable parameter (the LoRA adapter, or all weights for full fine-tuning)
-    optimizer.pt            AdamW state            scheduler.pt   LR schedule position
+    optimizer.pt            AdamW state, keyed by parameter name    scheduler.pt   LR schedule position
     rng-rank000.pt ...      each rank's torch RNG (dropout) state
     metrics.jsonl           the metrics written so far
     trainer_state.json      step, data fingerprint, world size and the resolved config — written LAST
 
-The data position is the step itself: the data order is a pure function of (seed, epoch), see the trainer.
+Weights and optimizer state are full (unsharded) state dicts, gathered and restored through
+``cutalign.cut.parallel`` (``torch.distributed.checkpoint.state_dict``), so DDP, FSDP and single-process runs
+write the same checkpoint and any of them can resume it. The data position is the step itself: the data order
+is a pure function of (seed, epoch), see the trainer.
 ``trainer_state.json`` is the completion marker: locally the checkpoint is assembled in ``step-N.tmp`` and
 renamed once complete; on S3 the marker is uploaded after everything else. A checkpoint without its marker
 (the process was killed while writing it) is ignored.
@@ -30,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from cutalign.cut.distributed import Dist
 from cutalign.cut.location import as_prefix, is_s3, join, resolve
 from cutalign.cut.modeling import trainable_parameters
+from cutalign.cut.parallel import full_trainable_state, load_full_trainable_state
 from cutalign.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 METRICS_FILE = "metrics.jsonl"
 # settings that may change between a run and its resumption without changing the result
-RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "resume"}
+RESUMABLE_CHANGES = {"checkpoint_every", "keep_checkpoints", "resume", "strategy", "gradient_checkpointing"}
 _STEP_DIR = re.compile(r"step-(\d{8})$")
 
 
@@ -129,13 +133,11 @@ class Checkpoints:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
         torch.save(rng, staging / rng_file(self.dist.rank))
+        weights, optimizer_state = full_trainable_state(model, optimizer)  # collective under FSDP
         if self.dist.is_main:
-            tensors = {
-                k: v.detach().to("cpu", copy=True).contiguous()
-                for k, v in trainable_parameters(model).items()
-            }
+            tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
             save_file(tensors, staging / WEIGHTS_FILE)
-            torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
+            torch.save(optimizer_state, staging / OPTIMIZER_FILE)
             torch.save(scheduler.state_dict(), staging / SCHEDULER_FILE)
             if metrics_path.exists():
                 shutil.copyfile(metrics_path, staging / METRICS_FILE)
@@ -186,20 +188,18 @@ class Checkpoints:
     ) -> TrainerState:
         directory = self._local_copy(step)
         state = TrainerState(**json.loads((directory / STATE_FILE).read_text()))
-        params = trainable_parameters(model)
-        saved = load_file(directory / WEIGHTS_FILE)
-        if saved.keys() != params.keys():
-            raise ValueError(
-                f"{self.uri(step)} holds other parameters than this model trains "
-                f"(e.g. {sorted(saved.keys() ^ params.keys())[:3]}); was it written with other LoRA settings?"
-            )
-        with torch.no_grad():
-            for name, tensor in saved.items():
-                params[name].copy_(tensor)
-        device = next(iter(params.values())).device
-        optimizer.load_state_dict(
-            torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True)
-        )
+        saved: dict[str, torch.Tensor] = {}
+        optimizer_state: dict[str, Any] = {}
+        if self.dist.is_main:  # read once; load_full_trainable_state broadcasts it to the other ranks
+            names = set(trainable_parameters(model))
+            saved = load_file(directory / WEIGHTS_FILE)
+            if saved.keys() != names:
+                raise ValueError(
+                    f"{self.uri(step)} holds other parameters than this model trains "
+                    f"(e.g. {sorted(saved.keys() ^ names)[:3]}); was it written with other LoRA settings?"
+                )
+            optimizer_state = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        load_full_trainable_state(model, optimizer, saved, optimizer_state, self.dist)
         scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
         rng_path = directory / rng_file(self.dist.rank)
         if rng_path.exists() and state.world_size == self.dist.world:

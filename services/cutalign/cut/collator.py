@@ -1,12 +1,14 @@
 """From judged examples to padded tensors: tokenization (method page §2) and micro-batch assembly (§4).
 
-Tokenization. Each example is tokenized under both prompts as one text (``prompt + response``), exactly as a
-model sees it, and the response tokens are the ones holding any response character (found through the fast
-tokenizer's offset mapping, so this works for any tokenizer, merges across the boundary included). Prompt
-tokens get label -100; response tokens and an appended EOS are trained. A sequence longer than the cutoff
-loses prompt tokens from the left (BOS kept), never response tokens. The response must come out as the same
-token ids after both prompts, or the Align-N and Misalign rows would not describe the same tokens — checked
-per example. Character error spans become a per-token mask through the same offsets.
+Tokenization. Each example's prompt (plain and judgment prompt, rendered by ``cutalign.templates``) is
+tokenized alone, exactly as a policy server tokenizes the prompt it continues, and its response alone
+(``cutalign.templates.encode_response``: special-token text stays text), then joined: so training sees the
+prompt ids inference sees, no merge can cross the boundary, and the response is the same token ids after both
+prompts by construction. Prompt tokens get label -100; response tokens and the response end token (EOS, or a
+chat template's end-of-turn token) are trained. A sequence longer than the cutoff loses prompt tokens from
+the left (BOS kept), never response tokens; an example whose response alone does not fit is refused with
+``ExampleTooLong`` (``ExampleTokenizer.fits`` tells in advance), which the trainer counts and skips. Character
+error spans (Unicode code points of the response) become a per-token mask through the response's offsets.
 
 Batching. Reference CUT runs one Align row and one Misalign row per micro-batch of one and pads a whole
 Misalign row even for positives. Here a micro-batch of any size becomes two row groups: ``mle`` (one row per
@@ -26,22 +28,26 @@ from transformers import PreTrainedTokenizerBase
 
 from cutalign.cut.examples import CutExample, DataError
 from cutalign.cut.loss import IGNORE_INDEX
-from cutalign.templates import Template, get_template
+from cutalign.templates import PromptFormat, Template, encode_prompt, encode_response
 
 Context = Literal["plain", "judged"]
 POSITIVE_JUDGMENT = "Perfect"  # judgment text for positives under the judgment prompt (judge convention, §6)
 
 
+class ExampleTooLong(DataError):
+    """The response (with its end token) leaves no room for a prompt within the cutoff."""
+
+
 @dataclass(frozen=True)
 class TokenizedExample:
-    """Both tokenizations of one example. The last ``response_len`` ids of each are the response + EOS."""
+    """Both tokenizations of one example. The last ``response_len`` ids of each are the response + its end."""
 
     sample_id: str
     positive: bool
     plain_ids: tuple[int, ...]
     judged_ids: tuple[int, ...]
     response_len: int
-    span_mask: tuple[bool, ...] | None  # per response token incl. EOS; None = the judge gave no spans
+    span_mask: tuple[bool, ...] | None  # per response token incl. the end token; None = no spans given
 
     def ids(self, context: Context) -> tuple[int, ...]:
         return self.plain_ids if context == "plain" else self.judged_ids
@@ -59,26 +65,30 @@ class ExampleTokenizer:
                 "load the "
                 "model directory with a tokenizer.json (AutoTokenizer.from_pretrained(..., use_fast=True))"
             )
-        if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before training")
         self.tokenizer = tokenizer
-        self.template = get_template(template) if isinstance(template, str) else template
+        self.format = PromptFormat.of(template, tokenizer)
         self.cutoff = cutoff
-        self._special = set(tokenizer.all_special_ids)
+        self.end_id = self.format.response_end_id
+
+    def response_ids(self, response: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The trained ids of a response (its tokens, then the end token) and its tokens' offsets."""
+        ids, offsets = encode_response(self.tokenizer, response)
+        return [*ids, self.end_id], offsets
+
+    def fits(self, example: CutExample) -> bool:
+        """Whether ``example`` can be trained within the cutoff (its response leaves room for a prompt)."""
+        return len(self.response_ids(example.response)[0]) < self.cutoff
 
     def __call__(self, example: CutExample) -> TokenizedExample:
-        plain_prompt = self.template.format_plain(example.instruction, example.input)
+        plain_prompt = self.format.plain(example.instruction, example.input)
         judgment = (example.judgment.strip() or POSITIVE_JUDGMENT) if example.positive else example.judgment
-        judged_prompt = self.template.format_judged(example.instruction, judgment, example.input)
-        plain_prompt_ids, plain_response, offsets = self._split(plain_prompt, example.response)
-        judged_prompt_ids, judged_response, _ = self._split(judged_prompt, example.response)
-        if plain_response != judged_response:
-            raise DataError(
-                f"sample {example.sample_id!r}: the response tokenizes differently after the plain prompt "
-                "and "
-                "after the judgment prompt; end both templates with the same separator (e.g. a newline)"
+        judged_prompt = self.format.judged(example.instruction, judgment, example.input)
+        response, offsets = self.response_ids(example.response)
+        if len(response) >= self.cutoff:
+            raise ExampleTooLong(
+                f"sample {example.sample_id!r}: the response is {len(response)} tokens with its end token, "
+                f"which leaves no room for the prompt within cutoff={self.cutoff}"
             )
-        response = [*plain_response, self.tokenizer.eos_token_id]
         span_mask = None
         if example.error_spans:
             blamed = [any(a < e and b > s for s, e in example.error_spans) for a, b in offsets]
@@ -88,35 +98,20 @@ class ExampleTokenizer:
         return TokenizedExample(
             sample_id=example.sample_id,
             positive=example.positive,
-            plain_ids=(*self._truncate(plain_prompt_ids, len(response), example), *response),
-            judged_ids=(*self._truncate(judged_prompt_ids, len(response), example), *response),
+            plain_ids=(
+                *self._truncate(encode_prompt(self.tokenizer, plain_prompt), len(response)),
+                *response,
+            ),
+            judged_ids=(
+                *self._truncate(encode_prompt(self.tokenizer, judged_prompt), len(response)),
+                *response,
+            ),
             response_len=len(response),
             span_mask=span_mask,
         )
 
-    def _split(self, prompt: str, response: str) -> tuple[list[int], list[int], list[tuple[int, int]]]:
-        """Prompt ids, response ids, and each response token's character span within the response."""
-        encoded = self.tokenizer(prompt + response, return_offsets_mapping=True, add_special_tokens=True)
-        ids: list[int] = list(encoded["input_ids"])
-        offsets: list[tuple[int, int]] = [tuple(o) for o in encoded["offset_mapping"]]
-        while (
-            ids and ids[-1] in self._special and offsets[-1] == (0, 0)
-        ):  # a tokenizer-added EOS: ours follows
-            ids.pop()
-            offsets.pop()
-        boundary = len(prompt)
-        first = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
-        relative = [(max(start - boundary, 0), end - boundary) for start, end in offsets[first:]]
-        return ids[:first], ids[first:], relative
-
-    def _truncate(self, prompt_ids: list[int], response_len: int, example: CutExample) -> list[int]:
+    def _truncate(self, prompt_ids: list[int], response_len: int) -> list[int]:
         budget = self.cutoff - response_len
-        if budget < 1:
-            raise DataError(
-                f"sample {example.sample_id!r}: the response is {response_len} tokens with EOS, which "
-                "leaves no "
-                f"room for the prompt within cutoff={self.cutoff}; raise the cutoff or drop the example"
-            )
         if len(prompt_ids) <= budget:
             return prompt_ids
         bos = self.tokenizer.bos_token_id

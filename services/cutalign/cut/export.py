@@ -1,9 +1,10 @@
 """What a training run leaves behind: the merged model ready to serve, and the per-step metrics.
 
 The merged model is a plain Hugging Face directory (LoRA folded into the base weights, safetensors, tokenizer
-included): a policy server loads it as any model, and the next online iteration trains from it. Its
-``weights_sha256`` (sha256 over the bytes of its ``*.safetensors`` files in name order) is the checkpoint hash
-recorded on every sample generated with it (``PolicyVersion.checkpoint_sha256``).
+included, in the base model's dtype unless ``export_dtype`` says otherwise): a policy server loads it as any
+model, and the next online iteration trains from it. Its ``weights_sha256`` (sha256 over the bytes of its
+``*.safetensors`` files in name order) is the checkpoint hash recorded on every sample generated with it
+(``PolicyVersion.checkpoint_sha256``).
 
 Metrics are one JSON object per optimizer step, with the project's metric names (``loss/total``,
 ``loss/mle``, ``loss/unlikelihood``, ``tokens/flagged_fraction``, ``throughput/tokens_per_s``, ``lr``,
@@ -22,7 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from cutalign.cut.location import as_prefix, is_s3, resolve
-from cutalign.cut.modeling import merged_model
+from cutalign.cut.modeling import merged_model, saved_dtype
 from cutalign.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -40,20 +41,31 @@ def weights_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
+def export_dtype(setting: str, model_dir: Path) -> torch.dtype:
+    """The dtype to export in: the base model's saved dtype (``base``), or the one named."""
+    return saved_dtype(model_dir) if setting == "base" else getattr(torch, setting)
+
+
 def export_merged(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     dest: str,
     work_dir: Path,
     store: ArtifactStore | None,
+    *,
+    dtype: torch.dtype | None = None,
 ) -> str:
-    """Merge, save to ``dest`` (a directory or ``s3://`` prefix) and return the weights' sha256.
+    """Merge, save to ``dest`` (a directory or ``s3://`` prefix) in ``dtype`` (default: as trained) and return
+    the weights' sha256.
 
-    Merging modifies ``model`` in place: call this once, after training.
+    Merging (and casting) modifies ``model`` in place: call this once, after training.
     """
     local = work_dir / "export" if is_s3(dest) else Path(dest)
     local.mkdir(parents=True, exist_ok=True)
     merged = merged_model(model)
+    if dtype is not None:
+        merged = merged.to(dtype)  # type: ignore[arg-type]  # a bf16 base is served in bf16, not fp32
+    merged.config.use_cache = True  # trained with the cache off; serving wants it
     merged.save_pretrained(local, safe_serialization=True)
     tokenizer.save_pretrained(local)
     digest = weights_sha256(local)

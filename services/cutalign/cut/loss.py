@@ -17,8 +17,18 @@ With p_j = p(y_t | y<t, x, j) from the Align-N row and p = p(y_t | y<t, x) from 
     L2  = - mean_{t in Align-P ∪ Align-N tokens} c_t · log p(y_t | context)   c_t: align_n_weight on Align-N
     L1  = - mean_{t in Misalign tokens} [ w_t · log(1 - p)   if t in U
                                           log p              otherwise ]
-    L   = (L1 + L2) / 2 if the batch holds a negative, else L2          combine="mean" (reference code)
+    L   = (L1 + L2) / 2 for a negative, L2 for a positive                combine="mean" (reference code)
     L   = L1 + L2                                                       combine="sum"  (paper's equation)
+
+Normalization (``normalization``). The published setting is micro-batch 1 on each of 8 ranks, so each
+*example* has its own token means, its own (L1 + L2)/2 rule, and every example weighs the same in the
+averaged gradient. ``example`` (the default) computes exactly that at any micro-batch size: L2, L1 and L are
+taken per example (its MLE row, its Misalign row), and the micro-batch loss is the mean of the per-example
+losses, so micro-batches of one example x 8 accumulation steps, 8 ranks x 1, and one micro-batch of 8 all
+give the same gradient. ``batch`` is the earlier behaviour: token means over the whole micro-batch and the
+(L1 + L2)/2 rule applied when the micro-batch holds any negative — a positive batched with a negative then
+gets half its MLE, and examples weigh by their token counts (gradient cosine ~0.5 to the published objective
+at micro-batch 8); it is kept only to reproduce results produced with it.
 
 log(1 - p) is ``log1p(-p)`` with p clamped below 1 - 1e-5 (the reference adds 1e-5 where p == 1). Everything
 is computed in float32 whatever the logits' dtype, so bf16 autocast does not degrade the loss.
@@ -46,11 +56,13 @@ IGNORE_INDEX = -100
 LOG1M_EPS = 1e-5
 
 Combine = Literal["mean", "sum"]
+Normalization = Literal["example", "batch"]
 
 
 @dataclass(frozen=True)
 class CutLossOutput:
-    """The loss to backpropagate and its parts (parts detached, for logging)."""
+    """The loss to backpropagate and its parts (parts detached, for logging; per-example means under
+    ``normalization="example"``)."""
 
     loss: torch.Tensor  # scalar float32, differentiable
     mle_loss: torch.Tensor  # L2
@@ -77,12 +89,42 @@ def log1m_prob(logp: torch.Tensor) -> torch.Tensor:
     return torch.log1p(-logp.exp().clamp(max=1.0 - LOG1M_EPS))
 
 
-def combine_losses(l1: torch.Tensor, l2: torch.Tensor, has_negative: bool, combine: Combine) -> torch.Tensor:
+def combine_losses(
+    l1: torch.Tensor, l2: torch.Tensor, has_negative: bool | torch.Tensor, combine: Combine
+) -> torch.Tensor:
+    """L from L1 and L2: scalars (a micro-batch), or per-example vectors and ``has_negative`` flags."""
     if combine == "sum":
         return l1 + l2
     if combine == "mean":
+        if isinstance(has_negative, torch.Tensor):
+            return torch.where(has_negative, (l1 + l2) / 2, l2)
         return (l1 + l2) / 2 if has_negative else l2
     raise ValueError(f"combine must be 'mean' or 'sum', got {combine!r}")
+
+
+def row_of_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """The row of every labelled token, flat in the order ``response_logprobs`` returns them (T,)."""
+    return torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+
+
+def row_means(
+    values: torch.Tensor, rows: torch.Tensor, n_rows: int, counts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-row sum of flat ``values`` over ``counts`` (default: the row's number of values); empty rows 0."""
+    sums = values.new_zeros(n_rows).index_add(0, rows, values)
+    if counts is None:
+        counts = torch.bincount(rows, minlength=n_rows).to(values.dtype)
+    return sums / counts.clamp(min=1)
+
+
+def row_counts(keep: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """How many tokens of each row ``keep`` keeps (float, for ``row_means``)."""
+    return keep.new_zeros(mask.shape[0], dtype=torch.float32).index_add(0, rows, keep.float())
+
+
+def check_normalization(normalization: str) -> None:
+    if normalization not in ("example", "batch"):
+        raise ValueError(f"normalization must be 'example' or 'batch', got {normalization!r}")
 
 
 def cut_loss(
@@ -101,18 +143,20 @@ def cut_loss(
     span_mode: str = "ratio",
     mask_after_error: bool = False,
     align_n_weight: float = 1.0,
+    normalization: Normalization = "example",
 ) -> CutLossOutput:
-    """CUT loss of one micro-batch; see the module docstring for the equations.
+    """CUT loss of one micro-batch; see the module docstring for the equations and the normalization.
 
     ``span_mask`` [N, L2] bool marks, in Misalign-label coordinates, the response tokens inside a blamed
     span; ``span_known`` [N] bool says which Misalign rows have spans at all (default: every row).
     """
     _check_inputs(logits, labels, misalign_logits, misalign_labels, is_negative, threshold)
+    check_normalization(normalization)
     logp, mask = response_logprobs(logits, labels)  # (T,), (B, L-1)
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(mask)[mask]  # (T,)
+    rows = row_of_tokens(mask)  # (T,)
     on_negative = is_negative[rows]  # (T,) tokens of Align-N rows
     scale = torch.where(on_negative, align_n_weight, 1.0)
-    mle = -(logp * scale).sum() / max(logp.numel(), 1)
+    mle_terms = -(logp * scale)  # (T,)
 
     mis_logp, mis_mask = response_logprobs(misalign_logits, misalign_labels)  # (T2,), (N, L2-1)
     if not torch.equal(mask[is_negative].sum(1), mis_mask.sum(1)):
@@ -124,12 +168,12 @@ def cut_loss(
     judged = logp[on_negative].detach()  # (T2,) aligned with mis_logp by label order
     ratio_flagged = judged - mis_logp.detach() > math.log(threshold)
 
+    mis_rows = row_of_tokens(mis_mask)  # (T2,)
     span = known = None
     if span_mask is not None:
         span = span_mask[:, 1:][mis_mask]
-        mis_rows = torch.arange(mis_mask.shape[0], device=mis_mask.device).unsqueeze(1).expand_as(mis_mask)
         row_known = span_known if span_known is not None else torch.ones_like(mis_mask[:, 0])
-        known = row_known[mis_rows[mis_mask]]
+        known = row_known[mis_rows]
     in_u = select_unlikelihood(ratio_flagged, span, known, span_mode)
 
     keep = torch.ones_like(in_u)
@@ -140,12 +184,20 @@ def cut_loss(
         keep = in_u | ~after_first
 
     weight = unlikelihood_weight * torch.exp(gamma * judged)
-    terms = torch.where(in_u, weight * log1m_prob(mis_logp), mis_logp)
-    kept = int(keep.sum())
-    l1 = -(terms * keep).sum() / max(kept, 1)
+    l1_terms = -torch.where(in_u, weight * log1m_prob(mis_logp), mis_logp) * keep  # (T2,)
 
-    has_negative = bool(is_negative.any())
-    loss = combine_losses(l1, mle, has_negative, combine)
+    if normalization == "batch":
+        mle = mle_terms.sum() / max(mle_terms.numel(), 1)
+        l1 = l1_terms.sum() / max(int(keep.sum()), 1)
+        loss = combine_losses(l1, mle, bool(is_negative.any()), combine)
+    else:
+        examples = labels.shape[0]
+        mle_each = row_means(mle_terms, rows, examples)  # (B,)
+        l1_negatives = row_means(l1_terms, mis_rows, mis_mask.shape[0], row_counts(keep, mis_rows, mis_mask))
+        l1_each = mle_each.new_zeros(examples).index_put((is_negative.nonzero().squeeze(1),), l1_negatives)
+        loss = combine_losses(l1_each, mle_each, is_negative, combine).mean()
+        mle = mle_each.mean()
+        l1 = l1_negatives.mean() if l1_negatives.numel() else mle.new_zeros(())
     flagged = int(in_u.sum())
     detection = None
     if span is not None and known is not None:

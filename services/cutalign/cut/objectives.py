@@ -8,6 +8,10 @@ Each objective says which rows it needs (a ``RowPlan``) and turns the logits of 
   model learns p(y | x, j) only; positives use the judgment "Perfect" when they carry none).
 * ``unlikelihood`` — MLE on positives, unlikelihood on *every* token of each negative response (the paper's
   "no detection" ablation); the judgment text is not used. Combined with ``combine`` like CUT.
+
+Every objective normalizes like CUT (``cutalign.cut.loss``, ``normalization``): by default each example's
+token mean is its loss and the micro-batch loss is the mean over examples, so baselines and CUT are compared
+under one rule and neither depends on the micro-batch size.
 """
 
 from __future__ import annotations
@@ -21,7 +25,17 @@ import torch
 from cutalign.config import TrainerSettings
 from cutalign.cut.collator import CutBatch, RowPlan, Rows
 from cutalign.cut.detection import DetectionCounts
-from cutalign.cut.loss import Combine, combine_losses, cut_loss, log1m_prob, response_logprobs
+from cutalign.cut.loss import (
+    Combine,
+    Normalization,
+    check_normalization,
+    combine_losses,
+    cut_loss,
+    log1m_prob,
+    response_logprobs,
+    row_means,
+    row_of_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,7 @@ class CutObjective:
     span_mode: str = "ratio"
     mask_after_error: bool = False
     align_n_weight: float = 1.0
+    normalization: Normalization = "example"
     name: str = "cut"
     plan: RowPlan = RowPlan(positive_mle="plain", negative_mle="judged", negative_misalign=True)
 
@@ -86,6 +101,7 @@ class CutObjective:
             span_mode=self.span_mode,
             mask_after_error=self.mask_after_error,
             align_n_weight=self.align_n_weight,
+            normalization=self.normalization,
         )
         return StepLoss(
             out.loss,
@@ -97,13 +113,30 @@ class CutObjective:
         )
 
 
-def _mle(logits: torch.Tensor, rows: Rows) -> torch.Tensor:
-    logp, _ = response_logprobs(logits, rows.labels)
-    return -logp.mean()
+def token_terms(logits: torch.Tensor, rows: Rows) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """log p of every labelled token (T,), the row of each (T,), and the number of rows."""
+    logp, mask = response_logprobs(logits, rows.labels)
+    return logp, row_of_tokens(mask), rows.labels.shape[0]
+
+
+def normalized_mean(
+    values: torch.Tensor, rows: torch.Tensor, n_rows: int, normalization: str
+) -> torch.Tensor:
+    """The mean of per-row token means (``example``), or the token mean of the micro-batch (``batch``)."""
+    check_normalization(normalization)
+    if normalization == "batch":
+        return values.mean() if values.numel() else values.new_zeros(())
+    return row_means(values, rows, n_rows).mean()
+
+
+def _mle(logits: torch.Tensor, rows: Rows, normalization: str) -> torch.Tensor:
+    logp, token_rows, n = token_terms(logits, rows)
+    return -normalized_mean(logp, token_rows, n, normalization)
 
 
 @dataclass(frozen=True)
 class SftObjective:
+    normalization: Normalization = "example"
     name: str = "sft"
     plan: RowPlan = RowPlan(positive_mle="plain", negative_mle=None, negative_misalign=False)
 
@@ -111,12 +144,13 @@ class SftObjective:
         self, mle_logits: torch.Tensor | None, misalign_logits: torch.Tensor | None, batch: CutBatch
     ) -> StepLoss:
         assert mle_logits is not None and batch.mle is not None
-        mle = _mle(mle_logits, batch.mle)
+        mle = _mle(mle_logits, batch.mle, self.normalization)
         return StepLoss(mle, mle.item(), 0.0)
 
 
 @dataclass(frozen=True)
 class HindsightObjective:
+    normalization: Normalization = "example"
     name: str = "hindsight"
     plan: RowPlan = RowPlan(positive_mle="judged", negative_mle="judged", negative_misalign=False)
 
@@ -124,7 +158,7 @@ class HindsightObjective:
         self, mle_logits: torch.Tensor | None, misalign_logits: torch.Tensor | None, batch: CutBatch
     ) -> StepLoss:
         assert mle_logits is not None and batch.mle is not None
-        mle = _mle(mle_logits, batch.mle)
+        mle = _mle(mle_logits, batch.mle, self.normalization)
         return StepLoss(mle, mle.item(), 0.0)
 
 
@@ -132,20 +166,28 @@ class HindsightObjective:
 class UnlikelihoodObjective:
     unlikelihood_weight: float = 1.0
     combine: Combine = "mean"
+    normalization: Normalization = "example"
     name: str = "unlikelihood"
     plan: RowPlan = RowPlan(positive_mle="plain", negative_mle=None, negative_misalign=True)
 
     def loss(
         self, mle_logits: torch.Tensor | None, misalign_logits: torch.Tensor | None, batch: CutBatch
     ) -> StepLoss:
+        """Positives have an MLE row only and negatives a Misalign row only: per example, L is L2 or L1
+        (``batch`` normalization: the token means combined by ``combine`` when both kinds are present)."""
         zero = torch.zeros((), device=batch.is_negative.device)
-        l2 = _mle(mle_logits, batch.mle) if mle_logits is not None and batch.mle is not None else zero
-        l1, tokens = zero, 0
+        l2, positives = zero, 0
+        if mle_logits is not None and batch.mle is not None:
+            l2, positives = _mle(mle_logits, batch.mle, self.normalization), batch.mle.labels.shape[0]
+        l1, tokens, negatives = zero, 0, 0
         if misalign_logits is not None and batch.misalign is not None:
-            logp, _ = response_logprobs(misalign_logits, batch.misalign.labels)
-            l1, tokens = -(self.unlikelihood_weight * log1m_prob(logp)).mean(), logp.numel()
-        # only negatives in the batch: no MLE term to combine with
-        loss = l1 if batch.mle is None else combine_losses(l1, l2, tokens > 0, self.combine)
+            logp, rows, negatives = token_terms(misalign_logits, batch.misalign)
+            terms = -self.unlikelihood_weight * log1m_prob(logp)
+            l1, tokens = normalized_mean(terms, rows, negatives, self.normalization), logp.numel()
+        if self.normalization == "example":
+            loss = (l2 * positives + l1 * negatives) / max(positives + negatives, 1)
+        else:  # only negatives in the batch: no MLE term to combine with
+            loss = l1 if batch.mle is None else combine_losses(l1, l2, tokens > 0, self.combine)
         return StepLoss(loss, l2.item(), l1.item(), tokens, tokens)
 
 
@@ -159,14 +201,17 @@ def make_objective(settings: TrainerSettings) -> Objective:
             span_mode=settings.span_mode,
             mask_after_error=settings.mask_after_error,
             align_n_weight=settings.align_n_weight,
+            normalization=settings.normalization,
         )
     if settings.objective == "sft":
-        return SftObjective()
+        return SftObjective(normalization=settings.normalization)
     if settings.objective == "hindsight":
-        return HindsightObjective()
+        return HindsightObjective(normalization=settings.normalization)
     if settings.objective == "unlikelihood":
         return UnlikelihoodObjective(
-            unlikelihood_weight=settings.unlikelihood_weight, combine=settings.combine
+            unlikelihood_weight=settings.unlikelihood_weight,
+            combine=settings.combine,
+            normalization=settings.normalization,
         )
     raise ValueError(f"unknown objective {settings.objective!r}")
 

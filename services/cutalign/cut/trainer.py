@@ -17,37 +17,49 @@ Public API (used by the CLI, the PyTorchJob entry point ``services/trainer/main.
     result.model_uri, result.model_sha256, result.metrics_uri, result.final_metrics
 
 Run under ``torchrun --nproc-per-node N`` for data parallelism (NCCL on GPUs, Gloo on CPUs): every process
-calls ``train`` with the same arguments. With ``settings.resume`` (default) a run continues from the latest
-complete checkpoint under its checkpoint root, and the resumed result equals the uninterrupted one.
+calls ``train`` with the same arguments; ``settings.strategy`` chooses DDP or FSDP2
+(``cutalign.cut.parallel``). With ``settings.resume`` (default) a run continues from the latest complete
+checkpoint under its checkpoint root, and the resumed result equals the uninterrupted one.
+
+Lengths: the cutoff is capped at the model's context (GPT-2's position table, a RoPE model's
+``max_position_embeddings``); an example whose response alone does not fit is skipped with a warning and
+counted (``TrainResult.skipped_too_long``), never an abort.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from transformers import get_cosine_schedule_with_warmup
+from transformers import AutoConfig, get_cosine_schedule_with_warmup
 
 from cutalign.config import TrainerSettings
 from cutalign.cut import sampling
 from cutalign.cut.checkpoint import Checkpoints, TrainerState
-from cutalign.cut.collator import CutCollator, ExampleTokenizer, TokenizedExample
+from cutalign.cut.collator import CutCollator, ExampleTokenizer, ExampleTooLong, TokenizedExample
 from cutalign.cut.detection import DetectionCounts
 from cutalign.cut.distributed import Dist, init_distributed
 from cutalign.cut.examples import DataError, downsample_positives, load_examples
-from cutalign.cut.export import MetricsLog, export_merged, read_metrics
+from cutalign.cut.export import MetricsLog, export_dtype, export_merged, read_metrics
 from cutalign.cut.location import is_s3, join
-from cutalign.cut.modeling import fetch_model_dir, load_model, load_tokenizer, trainable_parameters
+from cutalign.cut.modeling import (
+    compute_dtype,
+    context_length,
+    fetch_model_dir,
+    load_model,
+    load_tokenizer,
+    trainable_parameters,
+)
 from cutalign.cut.objectives import Objective, StepLoss, backward_micro_batch, make_objective, should_fuse
+from cutalign.cut.parallel import full_trainable_state, gradient_sync, is_sharded, parallelize
 from cutalign.cut.progress import TrainingProgress
 from cutalign.store import ArtifactStore
 
@@ -81,6 +93,7 @@ class TrainResult:
     resumed_from: int | None
     final_metrics: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    skipped_too_long: int = 0  # examples whose response does not fit the cutoff
 
 
 def train(
@@ -104,10 +117,22 @@ def train(
         dist.close()
 
 
+@dataclass(frozen=True)
+class Dataset:
+    examples: list[TokenizedExample]
+    cutoff: int  # the cutoff used: settings.cutoff capped at the model's context
+    skipped_too_long: list[str]  # sample ids of the examples that do not fit it
+
+
 def build_dataset(
-    settings: TrainerSettings, data: str, tokenizer: Any, objective: Objective, store: ArtifactStore | None
-) -> list[TokenizedExample]:
-    """Load, (for offline files) downsample, keep what the objective uses, tokenize."""
+    settings: TrainerSettings,
+    data: str,
+    tokenizer: Any,
+    objective: Objective,
+    store: ArtifactStore | None,
+    context: int | None = None,
+) -> Dataset:
+    """Load, (for offline files) downsample, keep what the objective uses, tokenize within the cutoff."""
     examples = load_examples(data, store).examples
     if settings.align_p_ratio is not None and not is_s3(data):
         examples = downsample_positives(examples, settings.align_p_ratio, settings.seed)
@@ -117,8 +142,27 @@ def build_dataset(
             f"objective {objective.name!r} uses none of the {len(examples)} examples in {data} "
             "(sft trains on positives only)"
         )
-    tokenize = ExampleTokenizer(tokenizer, settings.template, settings.cutoff)
-    return [tokenize(ex) for ex in used]
+    cutoff = min(settings.cutoff, context) if context else settings.cutoff
+    if cutoff < settings.cutoff:
+        log.info("cutoff %d capped at the model's context of %d tokens", settings.cutoff, cutoff)
+    tokenize = ExampleTokenizer(tokenizer, settings.template, cutoff)
+    tokenized, too_long = [], []
+    for ex in used:
+        try:
+            tokenized.append(tokenize(ex))
+        except ExampleTooLong as e:
+            too_long.append(ex.sample_id)
+            log.debug("%s", e)
+    if too_long:
+        log.warning(
+            "skipped %d example(s) whose response does not fit cutoff=%d (e.g. %s)",
+            len(too_long),
+            cutoff,
+            ", ".join(too_long[:3]),
+        )
+    if not tokenized:
+        raise DataError(f"none of the {len(used)} examples in {data} fits cutoff={cutoff}")
+    return Dataset(tokenized, cutoff, too_long)
 
 
 class _StepStats:
@@ -183,7 +227,10 @@ class _Run:
         self.objective = make_objective(settings)
         self.checkpoints = Checkpoints(outputs.checkpoints, dist, work, settings.keep_checkpoints, store)
         self.metrics_path = work / "metrics.jsonl" if is_s3(outputs.metrics) else Path(outputs.metrics)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else None
+        self.dtype = compute_dtype(settings, dist.device)
+        sharded = settings.strategy == "fsdp" and dist.world > 1  # FSDP casts through its own policy
+        low_precision = self.dtype != torch.float32 and not sharded
+        self.autocast = torch.autocast(dist.device.type, dtype=self.dtype) if low_precision else None
 
     def execute(
         self, data: str, model_uri: str, *, progress: bool, on_step: Callable[[dict[str, float]], None] | None
@@ -192,10 +239,19 @@ class _Run:
         s, dist = self.settings, self.dist
         model_dir = fetch_model_dir(model_uri, self.work, self.store)
         tokenizer = load_tokenizer(model_dir)
-        dataset = build_dataset(s, data, tokenizer, self.objective, self.store)
+        built = build_dataset(
+            s,
+            data,
+            tokenizer,
+            self.objective,
+            self.store,
+            context_length(AutoConfig.from_pretrained(model_dir)),
+        )
+        dataset = built.examples
         torch.manual_seed(s.seed)  # identical LoRA init on every rank
         model = load_model(model_dir, s, dist.device)
         model.train()
+        runner = parallelize(model, s.strategy, dist, self.dtype)
         params = list(trainable_parameters(model).values())
         optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
         batch_size = sampling.global_batch_size(s.micro_batch_size, s.grad_accum, dist.world)
@@ -207,18 +263,17 @@ class _Run:
             total_steps=total,
             world_size=dist.world,
             data_fingerprint=sampling.data_fingerprint(dataset),
-            config={**s.model_dump(mode="json"), "global_batch_size": batch_size, "base_model": model_uri},
+            config={
+                **s.model_dump(mode="json"),
+                "global_batch_size": batch_size,
+                "base_model": model_uri,
+                "cutoff": built.cutoff,
+            },
         )
         resumed = self._resume_or_start(state)
         torch.manual_seed(s.seed + 1 + dist.rank)  # dropout streams differ per rank (restored on resume)
         if resumed is not None:
             self.checkpoints.load(resumed, model, optimizer, scheduler, self.metrics_path)
-        ddp = None
-        if dist.world > 1:
-            # buffers (rotary tables) are constant; broadcasting them on every forward would also deadlock
-            # ranks whose micro-batches need a different number of forwards (with and without Misalign rows)
-            device_ids = [dist.device] if dist.device.type == "cuda" else None
-            ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
         collator = CutCollator(self.objective.plan, pad_id=tokenizer.pad_token_id)
         metrics_log = MetricsLog(self.metrics_path)
         log.info(
@@ -241,7 +296,7 @@ class _Run:
                     batches_epoch = epoch
                     batches = sampling.epoch_batches(lengths, s.seed, epoch, batch_size, s.group_by_length)
                 batch = batches[index]
-                last = self._step(ddp or model, params, optimizer, scheduler, collator, dataset, batch)
+                last = self._step(runner, params, optimizer, scheduler, collator, dataset, batch)
                 step += 1
                 last = {"step": step, "epoch": epoch, **last}
                 if dist.is_main:
@@ -251,7 +306,8 @@ class _Run:
                         on_step(last)
                 if step % s.checkpoint_every == 0 or step == total:
                     self._save(model, optimizer, scheduler, state, step)
-        return self._finish(model, tokenizer, state, step, len(dataset), resumed, last, started)
+        result = self._finish(model, model_dir, tokenizer, state, step, len(dataset), resumed, last, started)
+        return dataclasses.replace(result, skipped_too_long=len(built.skipped_too_long))
 
     def _resume_or_start(self, state: TrainerState) -> int | None:
         steps = self.checkpoints.complete_steps()
@@ -283,11 +339,12 @@ class _Run:
         started = time.perf_counter()
         stats = _StepStats()
         micro_batches = sampling.rank_micro_batches(batch, s.micro_batch_size, s.grad_accum, dist.rank)
+        # every FSDP rank must run the same number of forwards: one per micro-batch, row groups fused
+        fuse_mode = "always" if is_sharded(model) else s.fuse_forward
         for i, indices in enumerate(micro_batches):
             cut_batch = collator([dataset[j] for j in indices]).to(dist.device)
-            syncing = i == len(micro_batches) - 1 or not isinstance(model, DistributedDataParallel)
-            with nullcontext() if syncing else model.no_sync():  # type: ignore[operator]
-                fuse = should_fuse(cut_batch, dist.device, s.fuse_forward)
+            with gradient_sync(model, i == len(micro_batches) - 1):
+                fuse = should_fuse(cut_batch, dist.device, fuse_mode)
                 out = backward_micro_batch(
                     model,
                     self.objective,
@@ -298,6 +355,7 @@ class _Run:
                 )
             stats.add(out, cut_batch.tokens, cut_batch.examples)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+        grad_norm = getattr(grad_norm, "full_tensor", lambda: grad_norm)()  # a DTensor under FSDP
         lr = float(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
@@ -315,6 +373,7 @@ class _Run:
     def _finish(
         self,
         model: torch.nn.Module,
+        model_dir: Path,
         tokenizer: Any,
         state: TrainerState,
         step: int,
@@ -324,10 +383,22 @@ class _Run:
         started: float,
     ) -> TrainResult:
         digest = ""
+        dtype = export_dtype(self.settings.export_dtype, model_dir)
+        if is_sharded(model):  # gather the trained weights into an unsharded copy on rank 0's CPU
+            weights, _ = full_trainable_state(model, None)
+            if self.dist.is_main:
+                model = load_model(model_dir, self.settings, torch.device("cpu"))
+                loaded = model.load_state_dict(weights, strict=False)
+                missing = set(loaded.missing_keys) & set(trainable_parameters(model))
+                if missing or loaded.unexpected_keys:
+                    raise RuntimeError(
+                        f"gathered weights do not fit the model (missing {sorted(missing)[:3]}, unexpected "
+                        f"{loaded.unexpected_keys[:3]})"
+                    )
         if self.dist.is_main:
             if not last and self.metrics_path.exists():  # resumed a finished run: report its last step
                 last = read_metrics(self.metrics_path)[-1]
-            digest = export_merged(model, tokenizer, self.outputs.model, self.work, self.store)
+            digest = export_merged(model, tokenizer, self.outputs.model, self.work, self.store, dtype=dtype)
             if is_s3(self.outputs.metrics) and self.metrics_path.exists():
                 MetricsLog(self.metrics_path).upload(self.outputs.metrics, self.store)
         self.dist.barrier()

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cutalign.config import PolicySettings
 from cutalign.policy.client import Completion
-from cutalign.templates import get_template, join_input
+from cutalign.templates import Request, join_input, request_chars
 from cutalign.v1 import common_pb2, messages_pb2
+
+Render = Callable[[str, str], Request]  # (instruction, input) -> what is sent: PolicyClient.request
 
 
 @dataclass(frozen=True)
 class Prepared:
-    text: str  # the formatted prompt sent to the policy
+    prompt: Request  # what is sent to the policy: the rendered prompt, or chat messages
     truncated: bool
 
 
@@ -31,8 +34,10 @@ class Reject:
     detail: str
 
 
-def prepare_prompt(prompt: messages_pb2.Prompt, policy: PolicySettings, iteration: int) -> Prepared | Reject:
-    """Format ``prompt`` with the policy's template, or say why it cannot be generated for.
+def prepare_prompt(
+    prompt: messages_pb2.Prompt, policy: PolicySettings, iteration: int, render: Render
+) -> Prepared | Reject:
+    """Render ``prompt`` with ``render`` (the client's template), or say why it cannot be generated for.
 
     ``iteration`` is the one iteration this generator serves; 0 accepts every prompt's own iteration.
     """
@@ -48,24 +53,21 @@ def prepare_prompt(prompt: messages_pb2.Prompt, policy: PolicySettings, iteratio
             f"prompt {prompt.id} is for iteration {prompt.iteration}; this generator serves {iteration} only "
             "(CUTALIGN_GENERATOR_ITERATION=0 follows each prompt's iteration)",
         )
-    template = get_template(policy.template)
-    text = template.format_plain(prompt.instruction, prompt.input)
-    if len(text) <= policy.max_prompt_chars:
-        return Prepared(text, truncated=False)
+    request = render(prompt.instruction, prompt.input)
+    size = request_chars(request)
+    if size <= policy.max_prompt_chars:
+        return Prepared(request, truncated=False)
     if not policy.truncate_long_prompts:
         return Reject(
             "prompt_too_long",
-            f"prompt {prompt.id} formats to {len(text)} characters, over policy.max_prompt_chars="
+            f"prompt {prompt.id} formats to {size} characters, over policy.max_prompt_chars="
             f"{policy.max_prompt_chars} (set policy.truncate_long_prompts to truncate instead)",
         )
-    budget = policy.max_prompt_chars - len(template.format_plain(""))
+    budget = policy.max_prompt_chars - request_chars(render("", ""))
     if budget <= 0:
         return Reject("prompt_too_long", f"the {policy.template!r} template alone exceeds max_prompt_chars")
     # keep the template whole (the model must still see "### Response:"); cut the user's text at its end
-    return Prepared(
-        template.plain.format(instruction=join_input(prompt.instruction, prompt.input)[:budget]),
-        truncated=True,
-    )
+    return Prepared(render(join_input(prompt.instruction, prompt.input)[:budget], ""), truncated=True)
 
 
 def sample_id(prompt_id: str, index: int) -> str:

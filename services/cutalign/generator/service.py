@@ -108,13 +108,13 @@ def generate_batch(
     prepared: list[tuple[Envelope[messages_pb2.Prompt], Prepared]] = []
     rejects: list[tuple[Envelope, Reject]] = []
     for env in batch:
-        outcome = prepare_prompt(env.message, policy, iteration)
+        outcome = prepare_prompt(env.message, policy, iteration, client.request)
         if isinstance(outcome, Reject):
             rejects.append((env, outcome))
         else:
             prepared.append((env, outcome))
     requests = [
-        (p.text, sample_seed(policy.seed, sample_id(env.message.id, i)))
+        (p.prompt, sample_seed(policy.seed, sample_id(env.message.id, i)))
         for env, p in prepared
         for i in range(policy.n)
     ]

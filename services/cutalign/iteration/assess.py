@@ -63,6 +63,7 @@ def assess_candidate(
         "template": settings.eval_template,
         "max_new_tokens": settings.eval_max_new_tokens,
         "batch_size": settings.eval_batch_size,
+        "device": settings.eval_device,
     }
     report = evaluate_policy(candidate_uri, eval_prompts, judge, **options)
     if training_metrics_uri:

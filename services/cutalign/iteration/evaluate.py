@@ -1,10 +1,11 @@
 """Step 5: evaluate a policy on the held-out prompt set, exactly as it would be served and judged.
 
-Each eval prompt is answered and judged by :func:`cutalign.iteration.respond.respond` (the plain template,
-greedy decoding with the routine the policy server runs, the configured judge plug-in). Accuracy is the
-fraction judged positive. The report also carries
-the counts and, when the trainer measured them, its detection metrics (``detection/precision``, ...,
-averaged over the run's steps), under the project's metric names so KFP, logs and Prometheus agree.
+Each eval prompt is answered and judged by :func:`cutalign.iteration.respond.respond`: rendered with the
+policy's template (``cutalign.templates``, as generation renders it), decoded greedily with the routine the
+policy server runs, and judged by the configured judge plug-in. Accuracy is the fraction judged positive.
+The report also carries the counts and, when the trainer measured them, its detection metrics
+(``detection/precision``, ..., averaged over the run's steps), under the project's metric names so KFP, logs
+and Prometheus agree.
 
 A judge that raises fails the evaluation: a judge failure is not a negative judgment, and counting it as one
 would make the gate compare noise.
@@ -16,6 +17,8 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+import torch
 
 from cutalign.config import S3Settings
 from cutalign.iteration.respond import Judged, respond
@@ -76,14 +79,19 @@ def evaluate_policy(
     judge: Judge,
     *,
     s3: S3Settings | None,
-    template: str = "plain",
+    template: str = "auto",
     max_new_tokens: int = 64,
     batch_size: int = 16,
     device: str = "cpu",
 ) -> EvalReport:
-    """Generate greedily for every eval prompt with the policy at ``policy_uri`` and judge each response."""
+    """Generate greedily for every eval prompt with the policy at ``policy_uri`` and judge each response.
+
+    ``device`` ``auto`` decodes on the GPU when there is one (the hardware the policy was trained on).
+    """
     if not prompts:
         raise ValueError("the eval set is empty: give a held-out prompt set with at least one prompt")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = load_policy(policy_uri, s3=s3, device=device)
     results = respond(policy, prompts, judge, Decoding(template, max_new_tokens, batch_size))
     report = EvalReport(policy_uri, policy.version.checkpoint_sha256, results)

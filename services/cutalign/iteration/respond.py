@@ -1,11 +1,11 @@
 """Generate and judge, in-process: the policy's greedy responses to prompts, each with its judgment.
 
 The one place where a model answers prompts outside the services: evaluation (``evaluate``), the in-process
-driver (``inprocess``) and the detection probe all call :func:`respond`. It formats each prompt with the plain
-template (the one generation and training use), decodes with the project's one decoding routine
-(``cutalign.policy.generation.generate``, which the policy server runs too) and judges every response with the
-judge plug-in through ``run_judge`` (checked spans, the judge's id), so an in-process response and a served
-one are judged alike.
+driver (``inprocess``) and the probe all call :func:`respond`. It renders each prompt as generation and
+training do (``cutalign.templates.PromptFormat``: the text template, or the tokenizer's chat template),
+decodes with the project's one decoding routine (``cutalign.policy.generation.generate``, which the policy
+server runs too) and judges every response with the judge plug-in through ``run_judge`` (checked spans, the
+judge's id), so an in-process response and a served one are judged alike.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cutalign.iteration.task import Decoding, Prompt
 from cutalign.judges.base import Judge, run_judge
 from cutalign.policy.generation import SamplingParams, generate
 from cutalign.policy.loading import LoadedPolicy
-from cutalign.templates import get_template, join_input
+from cutalign.templates import PromptFormat, join_input
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ def respond(
     policy: LoadedPolicy, prompts: Sequence[Prompt], judge: Judge, decoding: Decoding
 ) -> list[Judged]:
     """Greedy responses of ``policy`` to ``prompts`` under the plain template of ``decoding``, each judged."""
-    tpl = get_template(decoding.template)
-    texts = [tpl.format_plain(p["instruction"], p.get("input", "")) for p in prompts]
+    fmt = PromptFormat.of(decoding.template, policy.tokenizer)
+    texts = [fmt.plain(p["instruction"], p.get("input", "")) for p in prompts]
     with torch.inference_mode():
         outputs = generate(
             policy.model,

@@ -27,7 +27,7 @@ Prompt = Mapping[str, Any]
 class Decoding:
     """How responses are decoded: greedy, the plain prompt of ``template``, at most ``max_new_tokens``."""
 
-    template: str = "plain"
+    template: str = "auto"
     max_new_tokens: int = 64
     batch_size: int = 64
 

@@ -12,11 +12,26 @@ ignored) — the rule the paper's data was labelled with. Both prompt parts and 
 the user template may also use ``{reference}`` (the prompt's reference fields as JSON).
 
 Transport is ``cutalign.policy.client.PolicyClient``: retries on 429/5xx/timeouts with jittered backoff, a
-bound on requests in flight, greedy decoding. That client sends one prompt — one ``user`` message on the
-OpenAI route, the raw text on TGI's — so the two parts travel as ``{system}\\n\\n{user}`` in that one prompt.
-The endpoint is configured like the policy's, under ``CUTALIGN_JUDGE_LLM_*`` (``URL``, ``BACKEND``,
-``MODEL_NAME``, ``API_TOKEN`` from a Secret, ``TIMEOUT_S``, ``MAX_RETRIES``, ``MAX_IN_FLIGHT``); non-secret
-ones may also be given as options (``judge.options_json``), which win.
+bound on requests in flight, greedy decoding. With the ``chat`` template (the default: judges are chat
+models) the two parts are a ``system`` and a ``user`` message — on the OpenAI chat route as messages, on TGI's
+route rendered by the judge model's chat template (``TOKENIZER``); with a text template (``plain``, or
+``auto`` resolving to it for a model without a chat template) they travel as ``{system}\\n\\n{user}`` in one
+completion prompt. The endpoint is configured like the policy's, under ``CUTALIGN_JUDGE_LLM_*`` (``URL``,
+``BACKEND``, ``MODEL_NAME``, ``TEMPLATE``, ``TOKENIZER``, ``API_TOKEN`` from a Secret, ``TIMEOUT_S``,
+``MAX_RETRIES``, ``MAX_IN_FLIGHT``); non-secret ones may also be given as options (``judge.options_json``),
+which win.
+
+Replies that are not a judgment are refused with ``InvalidJudgment`` (the judge service retries, then
+dead-letters the sample as ``judge_failed``; nothing is trained on them). A reply is unusable when it is
+
+* empty, or only punctuation;
+* a refusal or deflection: it opens with "I'm sorry", "I cannot", "I can't", "I am unable", "As an AI", ...;
+* an echo of the judging prompt: it contains a line of the prompt's template (``### Instruction:``, ...);
+* a negative that refers to nothing judged: it shares no word with the instruction or the response and uses
+  no word of critique or reference ("wrong", "incorrect", "error", "missing", "should", "not", "no",
+  "response", "it", ...) — nonsense such as "purple banana skyline".
+
+A positive (the "perfect" rule) is always usable.
 
 When a negative judgment quotes the response ("The response says \\"17\\" but..."), the quoted text is located
 in the response and reported as an error span, so detection can be checked against what the judge blamed. A
@@ -38,6 +53,7 @@ from typing import Any
 from cutalign.config import PolicySettings
 from cutalign.judges.base import InvalidJudgment, Judgment
 from cutalign.policy.client import PolicyClient
+from cutalign.templates import Message, Request, render_chat
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +66,73 @@ PAPER_USER_TEMPLATE = "### Instruction: {instruction}\n\n### Response: {response
 PERFECT_PATTERN = r"^[\s\"'*_`]*perfect"
 ENV_PREFIX = "CUTALIGN_JUDGE_LLM_"
 TEMPLATE_FIELDS = {"instruction", "response", "reference"}
+
+REFUSALS = re.compile(
+    r"^[\s\"'*_`“‘]*(i['’]?m sorry|i am sorry|sorry\b|i apologi[sz]e|i can['’]?t\b|i cannot\b|i can not\b|"
+    r"i won['’]?t\b|i will not\b|i['’]?m unable|i am unable|i['’]?m not able|i am not able|as an ai\b|"
+    r"as a language model)",
+    re.IGNORECASE,
+)
+CRITIQUE_WORDS = frozenset(
+    [
+        "wrong",
+        "incorrect",
+        "incorrectly",
+        "error",
+        "errors",
+        "mistake",
+        "mistakes",
+        "missing",
+        "miss",
+        "misses",
+        "lacks",
+        "lacking",
+        "should",
+        "instead",
+        "not",
+        "no",
+        "bad",
+        "fails",
+        "failed",
+        "inaccurate",
+        "incomplete",
+        "invalid",
+        "false",
+        "typo",
+        "repeats",
+        "repeated",
+        "skips",
+        "skipped",
+        "extra",
+        "response",
+        "answer",
+        "output",
+        "reply",
+        "result",
+        "it",
+        "its",
+        "this",
+    ]
+)
+_WORDS = re.compile(r"\w+")
+
+
+def unusable_reason(reply: str, instruction: str, response: str, prompt_lines: list[str]) -> str | None:
+    """Why ``reply`` cannot be used as a negative judgment (the rules of the module docstring), or None."""
+    text = reply.strip()
+    if not _WORDS.search(text):
+        return "it is empty or only punctuation"
+    if REFUSALS.match(text):
+        return "it is a refusal, not a judgment"
+    echoed = next((line for line in prompt_lines if line in text), None)
+    if echoed is not None:
+        return f"it repeats the judging prompt ({echoed!r})"
+    words = {w.lower() for w in _WORDS.findall(text)}
+    judged = {w.lower() for w in _WORDS.findall(f"{instruction} {response}")}
+    if not words & (judged | CRITIQUE_WORDS):
+        return "it refers to neither the instruction nor the response"
+    return None
+
 
 # A quoted passage: "...", “...”, `...`, ‘...’, or '...' not inside a word (so "it's" is no quote).
 _QUOTED = re.compile(r"\"([^\"\n]+)\"|“([^”\n]+)”|`([^`\n]+)`|‘([^’\n]+)’|(?<!\w)'([^'\n]+)'(?!\w)")
@@ -116,6 +199,8 @@ class LLMJudge:
         max_retries: int | None = None,
         max_in_flight: int | None = None,
         max_new_tokens: int = 256,
+        template: str | None = None,
+        tokenizer: str | None = None,
         system_prompt: str = PAPER_SYSTEM_PROMPT,
         user_template: str = PAPER_USER_TEMPLATE,
         positive_pattern: str = PERFECT_PATTERN,
@@ -132,10 +217,14 @@ class LLMJudge:
             "timeout_s": timeout_s,
             "max_retries": max_retries,
             "max_in_flight": max_in_flight,
+            "template": template,
+            "tokenizer": tokenizer,
         }
+        env = PolicySettings(_env_prefix=ENV_PREFIX)  # a judge is a chat model unless configured otherwise
+        default_template = env.template if "template" in env.model_fields_set else "chat"
         self.settings = PolicySettings(
             _env_prefix=ENV_PREFIX,
-            **{k: v for k, v in given.items() if v is not None},
+            **{"template": default_template, **{k: v for k, v in given.items() if v is not None}},
             max_new_tokens=max_new_tokens,
             do_sample=False,
             n=1,
@@ -149,11 +238,24 @@ class LLMJudge:
         self.id = f"llm:{self.settings.model_name}:{digest[:8]}"
         self.client = PolicyClient(self.settings)
 
-    def prompt(self, instruction: str, response: str, reference: dict[str, Any] | None) -> str:
-        """The exact text sent to the endpoint: system part, a blank line, the user part."""
+    def messages(self, instruction: str, response: str, reference: dict[str, Any] | None) -> list[Message]:
+        """The judging conversation: the system part (if any), then the user part."""
         ref = json.dumps(reference, ensure_ascii=False, sort_keys=True) if reference is not None else ""
         user = self.user_template.format(instruction=instruction, response=response, reference=ref)
-        return f"{self.system_prompt}\n\n{user}" if self.system_prompt else user
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": user}]
+
+    def prompt(self, instruction: str, response: str, reference: dict[str, Any] | None) -> Request:
+        """What is sent to the endpoint: the messages (``chat``; on TGI's route rendered by the judge model's
+        chat template), or one text — the system part, a blank line, the user part."""
+        messages = self.messages(instruction, response, reference)
+        fmt = self.client.prompt_format()
+        if not fmt.is_chat:
+            return "\n\n".join(m["content"] for m in messages)
+        if self.settings.backend == "tgi":
+            assert fmt.tokenizer is not None  # prompt_format refuses chat on tgi without one
+            return render_chat(fmt.tokenizer, messages)
+        return messages
 
     def is_positive(self, judgment: str) -> bool:
         return self.positive_rule.search(judgment) is not None
@@ -169,7 +271,20 @@ class LLMJudge:
         if completion.finish_reason == "length":
             log.warning("judgment by %s cut at max_new_tokens=%d", self.id, self.settings.max_new_tokens)
         positive = self.is_positive(text)
+        problem = None if positive else unusable_reason(text, instruction, response, self.prompt_lines)
+        if problem is not None:
+            raise InvalidJudgment(
+                f"the LLM judge {self.id} gave no usable judgment: {problem}: {text[:120]!r}"
+            )
         return Judgment(text, positive, [] if positive else quoted_spans(text, response), self.id)
+
+    @property
+    def prompt_lines(self) -> list[str]:
+        """The fixed lines of the judging prompt's user template (a reply containing one echoes it)."""
+        pieces = [literal for literal, _, _, _ in string.Formatter().parse(self.user_template)]
+        return sorted(
+            {line.strip() for piece in pieces for line in piece.splitlines() if len(line.strip()) > 3}
+        )
 
     def close(self) -> None:
         self.client.close()

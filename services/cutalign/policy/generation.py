@@ -11,10 +11,17 @@ the standard KV-cached one: a prefill over the left-padded prompts, then one tok
 dropped from the batch (and the cache), so a short answer does not pay for a long one.
 
 Greedy output equals ``model.generate(do_sample=False)`` token for token (tested).
+
+Prompts are encoded as training encodes them (``cutalign.templates.encode_prompt``); a response ends at EOS or
+at a chat template's end-of-turn token (``cutalign.templates.stop_ids``), so a chat model trained on its turns
+stops where its turn ends. A response cut by the length limit in the middle of a multi-byte character drops
+the incomplete character rather than ending in U+FFFD. Each result carries the prompt's and the response's
+token ids, and on request the prompt tokens' log-probabilities (TGI's ``decoder_input_details``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,7 +29,10 @@ from typing import Any, Literal
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from cutalign.templates import encode_prompt, stop_ids
+
 FinishReason = Literal["eos", "length", "stop"]
+REPLACEMENT = "\ufffd"  # what decoding shows for bytes that do not form a complete character
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None  # sampled rows: None draws a seed from torch's global RNG
+    prompt_logprobs: bool = False  # also score every prompt token (one full-logits prefill)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -55,6 +66,9 @@ class GenerationResult:
     finish_reason: FinishReason
     generated_tokens: int  # tokens decoded, including the EOS or the token that completed a stop sequence
     prompt_tokens: int
+    prompt_ids: tuple[int, ...] = ()  # the prompt exactly as the model read it
+    token_ids: tuple[int, ...] = ()  # every decoded token, the EOS or stop-completing one included
+    prompt_logprobs: tuple[float | None, ...] | None = None  # log p of each prompt token (first: None)
 
 
 class PromptTooLong(ValueError):
@@ -76,7 +90,7 @@ def context_limit(model: PreTrainedModel) -> int | None:
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt, with the tokenizer's special tokens (BOS), as training encodes them."""
-    return [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    return [encode_prompt(tokenizer, p) for p in prompts]
 
 
 def check_fits(
@@ -127,13 +141,12 @@ def generate(
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    ids: set[int] = set()
+    ids = stop_ids(tokenizer)
     configured: Any = getattr(model.generation_config, "eos_token_id", None)
-    for value in (configured, tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, list | tuple):
+        ids.update(int(v) for v in configured)
     return ids
 
 
@@ -190,14 +203,16 @@ def decode_batch(
     ]
 
     cache = DynamicCache(config=model.config)
+    scored = any(p.prompt_logprobs for p in params)
     out = model(
         input_ids=input_ids,
         attention_mask=mask,
         position_ids=positions,
         cache=cache,
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=0 if scored else 1,
     )
+    prompt_scores = _prompt_logprobs(out.logits, input_ids, prompt_ids, params) if scored else {}
     logits = out.logits[:, -1, :]  # (B, V)
     last_pos = positions[:, -1]  # (B,)
     active = list(range(batch))  # original row of each row still in the batch
@@ -217,7 +232,12 @@ def decode_batch(
                 keep.append(pos)
                 next_tokens.append(token)
             else:
-                finished[row] = result
+                finished[row] = dataclasses.replace(
+                    result,
+                    prompt_ids=tuple(prompt_ids[row]),
+                    token_ids=tuple(generated[row]),
+                    prompt_logprobs=prompt_scores.get(row),
+                )
         if not keep:
             break
         if len(keep) < len(active):  # drop finished rows from the batch and the cache
@@ -238,6 +258,25 @@ def decode_batch(
     return [finished[row] for row in range(batch)]
 
 
+def _prompt_logprobs(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    prompt_ids: Sequence[Sequence[int]],
+    params: Sequence[SamplingParams],
+) -> dict[int, tuple[float | None, ...]]:
+    """log p of every prompt token given the ones before it, for the rows that ask (left-padded rows)."""
+    width = input_ids.shape[1]
+    scores: dict[int, tuple[float | None, ...]] = {}
+    for row, (ids, p) in enumerate(zip(prompt_ids, params, strict=True)):
+        if not p.prompt_logprobs:
+            continue
+        start = width - len(ids)
+        logp = torch.log_softmax(logits[row, start : width - 1].float(), dim=-1)
+        picked = logp.gather(-1, input_ids[row, start + 1 :, None]).squeeze(-1).tolist()
+        scores[row] = (None, *picked)
+    return scores
+
+
 def _finish_if_done(
     tokenizer: PreTrainedTokenizerBase,
     tokens: list[int],
@@ -248,16 +287,27 @@ def _finish_if_done(
 ) -> GenerationResult | None:
     """The row's result if ``token`` ended it (EOS, a stop sequence, or the length limit), else None."""
     if token in eos_ids:
-        return GenerationResult(_text(tokenizer, tokens[:-1]), "eos", len(tokens), prompt_tokens)
+        return GenerationResult(decode_response(tokenizer, tokens[:-1]), "eos", len(tokens), prompt_tokens)
     if p.stop:
-        text = _text(tokenizer, tokens)
+        text = decode_response(tokenizer, tokens)
         cut = _first_stop(text, p.stop)
         if cut >= 0:
             return GenerationResult(text[:cut], "stop", len(tokens), prompt_tokens)
     if len(tokens) >= p.max_new_tokens:
-        return GenerationResult(_text(tokenizer, tokens), "length", len(tokens), prompt_tokens)
+        return GenerationResult(decode_response(tokenizer, tokens), "length", len(tokens), prompt_tokens)
     return None
 
 
-def _text(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> str:
-    return str(tokenizer.decode(tokens, skip_special_tokens=True))
+def decode_response(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> str:
+    """The decoded response, without a trailing incomplete character.
+
+    A byte-level tokenizer decodes a character whose bytes span tokens only once all of them are there; cut
+    before that, the decode ends in U+FFFD. The last tokens (at most three: a character has at most four
+    bytes) are dropped while that is so, leaving the text of the complete characters.
+    """
+    text = str(tokenizer.decode(tokens, skip_special_tokens=True))
+    for drop in range(1, min(3, len(tokens)) + 1):
+        if not text.endswith(REPLACEMENT):
+            break
+        text = str(tokenizer.decode(tokens[:-drop], skip_special_tokens=True))
+    return text

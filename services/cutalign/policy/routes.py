@@ -15,13 +15,21 @@ an EOS from a stop sequence. Every response names the exact policy that produced
 ``system_fingerprint = "policy-sha256:<sha>"`` on chat). Streaming is not offered: requests are decoded in
 batches, and a stream request gets a 400 rather than a fake stream.
 
-A model without a chat template (a base model trained on the plain prompt templates) takes exactly one
-``user`` message whose content is used verbatim as the prompt, so the OpenAI route decodes the same tokens as
-the completions and TGI routes.
+Prompts: the completions and TGI routes continue the text they are sent, verbatim (the project's client
+sends the ``plain``/``short`` templates' text there, so no Alpaca prompt is ever wrapped in a chat template);
+the chat route renders its messages with ``cutalign.templates.render_chat`` — the tokenizer's chat template,
+exactly as training renders the ``chat`` template. A model without a chat template takes exactly one ``user``
+message whose content is used verbatim as the prompt. ``GET /info`` says whether the served tokenizer has a
+chat template (``chat_template``), which is how a client's ``template=auto`` resolves.
+
+Token ids, for checking that training and serving see the same tokens: vLLM's ``return_token_ids`` on the
+OpenAI routes (``prompt_token_ids`` and each choice's ``token_ids``), TGI's ``decoder_input_details`` on its
+routes (``details.prefill``: each prompt token's id, text and log-probability).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -38,6 +46,7 @@ from cutalign.policy.generation import SamplingParams
 from cutalign.policy.loading import PolicyChecksumMismatch, PolicyLoadError
 from cutalign.policy.model import PolicyModel, parse_body, version_json
 from cutalign.store import ChecksumMismatch, ObjectMissing
+from cutalign.templates import has_chat_template, render_chat
 
 TGI_FINISH = {"eos": "eos_token", "stop": "stop_sequence", "length": "length"}
 FINGERPRINT_PREFIX = "policy-sha256:"
@@ -63,6 +72,7 @@ class OpenAIParameters(BaseModel):
     seed: int | None = Field(default=None, ge=0)
     n: int = Field(default=1, ge=1, le=16)
     stream: Literal[False] = False
+    return_token_ids: bool = False  # vLLM's extension: prompt_token_ids and each choice's token_ids
 
 
 class ChatRequest(OpenAIParameters):
@@ -83,7 +93,7 @@ class TGIParameters(BaseModel):
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(default=None, ge=0)
     details: bool = False
-    decoder_input_details: Literal[False] = False
+    decoder_input_details: bool = False
     return_full_text: Literal[False] = False
 
 
@@ -136,14 +146,8 @@ def _one_version(generated: list[Generated]) -> str:
 
 def chat_prompt(model: PolicyModel, messages: list[ChatMessage]) -> str:
     tokenizer = model.policy.tokenizer
-    if getattr(tokenizer, "chat_template", None):
-        text = str(
-            tokenizer.apply_chat_template(
-                [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
-            )
-        )
-        bos = tokenizer.bos_token
-        return text[len(bos) :] if bos and text.startswith(bos) else text  # encoding adds BOS again
+    if has_chat_template(tokenizer):
+        return render_chat(tokenizer, [m.model_dump() for m in messages])
     if len(messages) != 1 or messages[0].role != "user":
         raise InvalidInput(
             "this policy has no chat template: send exactly one 'user' message holding the formatted prompt"
@@ -163,7 +167,7 @@ def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None
         prompt = chat_prompt(model, r.messages)
         generated = await model.generate([prompt] * r.n, [_openai_sampling(model, r, i) for i in range(r.n)])
         sha = _one_version(generated)
-        return {
+        body: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -176,11 +180,15 @@ def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None
                     "message": {"role": "assistant", "content": g.result.text},
                     "finish_reason": TGI_FINISH[g.result.finish_reason],
                     "logprobs": None,
+                    **({"token_ids": list(g.result.token_ids)} if r.return_token_ids else {}),
                 }
                 for i, g in enumerate(generated)
             ],
             "usage": _usage(generated),
         }
+        if r.return_token_ids:
+            body["prompt_token_ids"] = list(generated[0].result.prompt_ids)
+        return body
 
     @openai.post("/v1/completions")
     async def completions(request: Request) -> dict[str, Any]:
@@ -204,6 +212,11 @@ def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None
                     "text": g.result.text,
                     "finish_reason": TGI_FINISH[g.result.finish_reason],
                     "logprobs": None,
+                    **(
+                        {"prompt_token_ids": list(g.result.prompt_ids), "token_ids": list(g.result.token_ids)}
+                        if r.return_token_ids
+                        else {}
+                    ),
                 }
                 for i, g in enumerate(generated)
             ],
@@ -226,6 +239,7 @@ def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None
             stop=p.stop,
             seed=p.seed,
         )
+        params = dataclasses.replace(params, prompt_logprobs=p.decoder_input_details)
         g = (await model.generate([r.inputs], [params]))[0]
         out: dict[str, Any] = {"generated_text": g.result.text, "policy_sha256": g.version.checkpoint_sha256}
         if p.details:
@@ -233,7 +247,7 @@ def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None
                 "finish_reason": TGI_FINISH[g.result.finish_reason],
                 "generated_tokens": g.result.generated_tokens,
                 "seed": p.seed if do_sample else None,
-                "prefill": [],
+                "prefill": _prefill(model, g) if p.decoder_input_details else [],
                 "tokens": [],
             }
         return out
@@ -260,6 +274,7 @@ def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None
             "max_batch_size": model.settings.max_batch_size,
             "router": "cutalign-policy-server",
             "policy": version_json(policy.version),
+            "chat_template": has_chat_template(policy.tokenizer),
         }
 
     @app.get("/health")
@@ -292,6 +307,16 @@ def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None
         except (PolicyLoadError, ObjectMissing, FileNotFoundError) as e:
             raise InvalidInput(f"cannot load {r.uri}: {e}") from e
         return {"previous": version_json(previous), "policy": version_json(current)}
+
+
+def _prefill(model: PolicyModel, g: Generated) -> list[dict[str, Any]]:
+    """TGI's ``details.prefill``: every prompt token's id, text and log-probability (the first has none)."""
+    tokenizer = model.policy.tokenizer
+    scores = g.result.prompt_logprobs or (None,) * len(g.result.prompt_ids)
+    return [
+        {"id": token, "text": tokenizer.decode([token]), "logprob": score}
+        for token, score in zip(g.result.prompt_ids, scores, strict=True)
+    ]
 
 
 def _usage(generated: list[Generated]) -> dict[str, int]:

@@ -32,7 +32,7 @@ from cutalign.judges.base import Judge, run_judge
 from cutalign.policy.generation import SamplingParams, generate
 from cutalign.policy.loading import LoadedPolicy
 from cutalign.reading.training import judged, plain
-from cutalign.templates import get_template, join_input
+from cutalign.templates import PromptFormat, join_input
 
 
 class ReadingSettings(BaseModel):
@@ -64,8 +64,8 @@ def reading_examples(
 ) -> ReadingData:
     """Sample, judge and turn the results into plain and judged examples (module doc)."""
     pool = list(prompts)[: settings.max_prompts or None]
-    tpl = get_template(decoding.template)
-    texts = [tpl.format_plain(p["instruction"], p.get("input", "")) for p in pool]
+    fmt = PromptFormat.of(decoding.template, policy.tokenizer)
+    texts = [fmt.plain(p["instruction"], p.get("input", "")) for p in pool]
     params = [SamplingParams(max_new_tokens=decoding.max_new_tokens)]
     params += [
         SamplingParams(

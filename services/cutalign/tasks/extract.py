@@ -1,5 +1,5 @@
-"""Structured extraction into JSON: "Extract name, age and city as JSON: Tano is 34 and lives in Vekora." ->
-``{"name": "Tano", "age": 34, "city": "Vekora"}``.
+"""Structured extraction into JSON: "Extract as JSON: Tano is 34 and lives in Vekora." ->
+``{"name":"Tano","age":34,"city":"Vekora"}``.
 
 The judge parses the response as JSON and checks the fields in order. It names the first problem: not JSON
 ("It is not valid JSON: ..." blaming from the failing position on), a missing or unexpected field, or a
@@ -20,10 +20,13 @@ from cutalign.tasks.words import word
 FIELDS = ("name", "age", "city")
 
 
+NAMES = tuple(word(random.Random(f"name-{i}"), (1, 2)).title() for i in range(24))
+CITIES = tuple(word(random.Random(f"city-{i}"), (2, 2)).title() for i in range(24))
+
+
 def make(rng: random.Random) -> dict[str, Any]:
-    name, city, age = word(rng, (1, 2)).title(), word(rng, (2, 3)).title(), rng.randint(18, 90)
-    text = f"{name} is {age} and lives in {city}."
-    instruction = f"Extract name, age and city as JSON: {text}"
+    name, city, age = rng.choice(NAMES), rng.choice(CITIES), rng.randint(18, 90)
+    instruction = f"Extract as JSON: {name} is {age} and lives in {city}."
     return {
         "id": f"extract-{name}-{age}-{city}",
         "instruction": instruction,
@@ -34,7 +37,7 @@ def make(rng: random.Random) -> dict[str, Any]:
 
 
 def answer(row: Mapping[str, Any]) -> str:
-    return json.dumps({k: row[k] for k in FIELDS})
+    return json.dumps({k: row[k] for k in FIELDS}, separators=(",", ":"))
 
 
 class FieldsJudge:
@@ -79,4 +82,4 @@ class FieldsJudge:
         return "", end
 
 
-FAMILY = Family("extract", make, "cutalign.tasks.extract:FieldsJudge", answer, max_new_tokens=56)
+FAMILY = Family("extract", make, "cutalign.tasks.extract:FieldsJudge", answer, max_new_tokens=48)
