@@ -177,7 +177,7 @@ def _task(
     from cutalign.tasks.base import TaskBaseSpec, task_base
 
     task = get_task(name, spans=spans)
-    return task, str(base_model or task_base(task, TaskBaseSpec(name), Path(".cutalign/models")))
+    return task, str(base_model or task_base(task, TaskBaseSpec.of(task), Path(".cutalign/models")))
 
 
 def _demo_base_model(options: list[str]) -> Path:

@@ -60,4 +60,6 @@ class StepsJudge:
         return Judgment(verdict.text, verdict.positive, spans, self.id, correction)
 
 
-FAMILY = Family("arithmetic", make, "cutalign.tasks.arithmetic:StepsJudge", answer, max_new_tokens=48)
+FAMILY = Family(
+    "arithmetic", make, "cutalign.tasks.arithmetic:StepsJudge", answer, max_new_tokens=48, base_examples=4000
+)

@@ -27,10 +27,15 @@ class TaskBaseSpec:
     """Everything a family's base model is a function of."""
 
     family: str
-    examples: int = 1500  # correct training examples the SFT warm start sees
+    examples: int  # correct training examples the SFT warm start sees
     shape: ModelShape = field(default_factory=ModelShape)
-    training: WarmStartSettings = field(default_factory=lambda: WarmStartSettings(epochs=3.0))
+    training: WarmStartSettings = field(default_factory=WarmStartSettings)
     seed: int = 0
+
+    @classmethod
+    def of(cls, task: GeneratedTask) -> TaskBaseSpec:
+        """The family's recipe: its example count, the default model shape, 6 epochs."""
+        return cls(task.family.name, task.family.base_examples)
 
     def as_dict(self) -> dict[str, object]:
         fields = {"family": self.family, "examples": self.examples, "seed": self.seed}

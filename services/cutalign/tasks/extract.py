@@ -82,4 +82,6 @@ class FieldsJudge:
         return "", end
 
 
-FAMILY = Family("extract", make, "cutalign.tasks.extract:FieldsJudge", answer, max_new_tokens=48)
+FAMILY = Family(
+    "extract", make, "cutalign.tasks.extract:FieldsJudge", answer, max_new_tokens=48, base_examples=4000
+)

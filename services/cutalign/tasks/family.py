@@ -25,6 +25,7 @@ class Family:
     judge: str  # import path of the family's judge (takes ``spans: bool``)
     answer: Callable[[Mapping[str, Any]], str]  # the correct response to a row
     max_new_tokens: int
+    base_examples: int  # SFT examples (6 epochs) that leave a from-scratch base at a middle accuracy
 
 
 @dataclass(frozen=True)

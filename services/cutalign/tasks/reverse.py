@@ -62,4 +62,6 @@ class ReverseJudge:
         return Judgment(text, False, [span] if self.spans else [], self.id, target)
 
 
-FAMILY = Family("reverse", make, "cutalign.tasks.reverse:ReverseJudge", answer, max_new_tokens=16)
+FAMILY = Family(
+    "reverse", make, "cutalign.tasks.reverse:ReverseJudge", answer, max_new_tokens=16, base_examples=2400
+)
