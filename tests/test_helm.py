@@ -31,7 +31,7 @@ from cutalign.k8s.validate import CrdCatalog, load_manifests, validate_manifests
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "cutalign"
 HELM = ROOT / ".tools" / "helm" / "helm" / "helm"
-COMPILED_PIPELINE = ROOT / "pipelines" / "compiled" / "online_iteration.yaml"
+COMPILED_PIPELINE = ROOT / "services" / "cutalign" / "pipelines" / "compiled" / "online_iteration.yaml"
 PROFILES = ("minimal", "production", "kserve")
 NAMESPACE = "cutalign-test"
 KUBE_VERSIONS = ("1.27", "1.37")  # the chart's minimum (Chart.yaml kubeVersion) and the newest schemas

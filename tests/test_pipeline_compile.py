@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from cutalign.config import TrainerSettings
-from pipelines.compile import FILENAME, compile_pipeline
-from pipelines.driver import parse_params
-from pipelines.online_iteration import CONFIG_KEYS, IMAGE, PIPELINE_NAME
+from cutalign.pipelines.compile import FILENAME, compile_pipeline
+from cutalign.pipelines.driver import parse_params
+from cutalign.pipelines.online_iteration import CONFIG_KEYS, IMAGE, PIPELINE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
@@ -146,14 +146,14 @@ def test_compilation_is_byte_for_byte_reproducible_and_the_committed_copies_are_
     for n in range(2):  # separate interpreters: no state (hash seeds, ids) carries over
         out = tmp_path / str(n)
         subprocess.run(
-            [sys.executable, "-m", "pipelines.compile", "--out", str(out)],
+            [sys.executable, "-m", "cutalign.pipelines.compile", "--out", str(out)],
             cwd=ROOT,
             check=True,
             capture_output=True,
         )
         outs.append((out / FILENAME).read_bytes())
     assert outs[0] == outs[1]
-    assert (ROOT / "pipelines/compiled" / FILENAME).read_bytes() == outs[0], "run `make pipelines`"
+    assert (ROOT / "services/cutalign/pipelines/compiled" / FILENAME).read_bytes() == outs[0], "run `make pipelines`"
     assert (ROOT / "charts/cutalign/files" / FILENAME).read_bytes() == outs[0], "run `make pipelines`"
 
 

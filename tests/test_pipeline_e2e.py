@@ -28,7 +28,7 @@ from cutalign.policy.promotion import current_release
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key, iteration_manifest_key, model_prefix, prompts_key, release_key
 from cutalign.v1 import training_pb2
-from pipelines.driver import local_submitter, run_iterations
+from cutalign.pipelines.driver import local_submitter, run_iterations
 from policy_support import http_json, tiny_policy
 
 pytestmark = pytest.mark.slow

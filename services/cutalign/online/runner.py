@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -223,19 +222,9 @@ def _bind(on_task: Callable[[int, str], None] | None, iteration: int) -> Callabl
 
 
 def _pipeline_driver() -> tuple[Any, Any]:
-    """``pipelines.driver`` of the source checkout (the pipeline is defined beside ``services/``, not in the
-    installed package): importable from the repository root, else found next to this editable install."""
-    try:
-        from pipelines import driver
-    except ModuleNotFoundError:
-        root = Path(__file__).resolve().parents[3]
-        if not (root / "pipelines" / "driver.py").is_file():
-            raise RuntimeError(
-                "the KFP pipeline (pipelines/online_iteration.py) is not importable: run from a source "
-                "checkout of cutalign (pip install -e .) or put its root on PYTHONPATH"
-            ) from None
-        sys.path.insert(0, str(root))
-        from pipelines import driver
+    """The multi-iteration pipeline driver (imported here: it pulls in kfp, which ``--help`` need not load)."""
+    from cutalign.pipelines import driver
+
     return driver.local_submitter, driver.run_iterations
 
 

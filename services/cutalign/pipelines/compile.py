@@ -1,4 +1,4 @@
-"""Compile the online iteration pipeline to KFP IR YAML: ``python -m pipelines.compile --out DIR``.
+"""Compile the online iteration pipeline to KFP IR YAML: ``python -m cutalign.pipelines.compile --out DIR``.
 
 Writes ``DIR/online_iteration.yaml``. The output is a pure function of the source: KFP 2.17 embeds no
 timestamps or random ids (a test compiles twice in separate processes and compares bytes), so
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kfp import compiler
 
-from pipelines.online_iteration import online_iteration
+from cutalign.pipelines.online_iteration import online_iteration
 
 log = logging.getLogger(__name__)
 

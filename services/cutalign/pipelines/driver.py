@@ -1,6 +1,6 @@
 """Run N online iterations in sequence, each starting from the last promoted policy (method page §6).
 
-    python -m pipelines.driver --iterations 3 --first-iteration 1 \\
+    python -m cutalign.pipelines.driver --iterations 3 --first-iteration 1 \\
         --prompts 's3://cutalign/data/prompts-{iteration}.jsonl' --eval s3://cutalign/data/eval.jsonl \\
         --policy s3://cutalign/models/base/ [--param lora_r=8 --param launcher=pytorchjob ...] \\
         [--host http://ml-pipeline.kubeflow:8888 --namespace kubeflow --service-account cutalign-pipeline]
@@ -27,7 +27,7 @@ from typing import Any
 from cutalign.config import S3Settings
 from cutalign.policy.promotion import current_release
 from cutalign.store import ArtifactStore
-from pipelines.online_iteration import online_iteration
+from cutalign.pipelines.online_iteration import online_iteration
 
 log = logging.getLogger(__name__)
 
