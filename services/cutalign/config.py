@@ -32,6 +32,11 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: str = Field("SCRAM-SHA-512", description="SASL mechanism when SASL is on.")
     sasl_username: str | None = Field(None, description="SASL user (from a Secret).")
     sasl_password: SecretStr | None = Field(None, description="SASL password (from a Secret, never logged).")
+    ssl_ca_location: str | None = Field(
+        None,
+        description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL; e.g. Strimzi's "
+        "cluster CA); None: the system trust store.",
+    )
     topic_prompts: str = Field("cutalign.prompts", description="Prompts to generate for.")
     topic_samples: str = Field("cutalign.samples", description="Generated samples to judge.")
     topic_judgments: str = Field("cutalign.judgments", description="Judgments: judge service + production.")
@@ -71,6 +76,11 @@ class S3Settings(BaseSettings):
         return self.access_key.get_secret_value(), self.secret_key.get_secret_value()
 
     secure: bool = Field(False, description="Use https.")
+    ca_bundle: str | None = Field(
+        None,
+        description="PEM file of the CA that signed the endpoint's certificate (secure; e.g. the MinIO "
+        "operator's auto-cert CA); None: the public CAs (certifi).",
+    )
     region: str = Field("us-east-1", description="Region reported to the store.")
     bucket: str = Field("cutalign", description="Bucket holding every artifact (see README layout).")
     multipart_part_size: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart part size.")
