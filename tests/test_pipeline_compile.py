@@ -184,7 +184,7 @@ def test_tasks_are_uncached_and_read_settings_from_the_release_on_a_cluster(ir: 
 
 
 def test_the_wiring_reaches_each_task(tmp_path: Path) -> None:
-    """Secrets (renamed keys), CA bundles, resources, placement and defaults, each on the tasks that use them."""
+    """Secrets (renamed keys), CA bundles, resources, placement and defaults, each where it is used."""
     gpu_toleration = Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
     wiring = PipelineWiring(
         image="registry.example.com/cutalign@sha256:" + "a" * 64,

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from cutalign.pipelines.driver import run_iterations
 from cutalign.policy.promotion import promote
 from cutalign.store import ArtifactStore
 from cutalign.v1 import common_pb2, training_pb2
-from cutalign.pipelines.driver import run_iterations
 
 BASE = "s3://models/base"
 
