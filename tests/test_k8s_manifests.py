@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,8 +21,10 @@ from typer.testing import CliRunner
 
 from cutalign.cli.main import app
 from cutalign.config import LauncherSettings, S3Settings, Toleration, TrainerSettings
+from cutalign.k8s import release_check
 from cutalign.k8s.pipeline_upload import check_pipeline_file, upload, version_name
 from cutalign.k8s.pytorchjob import build_pytorchjob
+from cutalign.k8s.release_check import missing_version
 from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import CrdCatalog, ManifestInvalid, shipped_crd_dir
 
@@ -344,16 +347,38 @@ def test_pipeline_upload_is_idempotent_with_fake_kfp_client(tmp_path: Path) -> N
     path = _compiled_pipeline(tmp_path / "online_iteration.yaml")
     check_pipeline_file(path)
     client = FakeKfpClient()
-    assert (
-        upload(client, path, "cutalign-online-iteration", "d")
-        == "created pipeline 'cutalign-online-iteration'"
-    )
-    assert upload(client, path, "cutalign-online-iteration", "d").startswith("added version 'sha256-")
-    assert upload(client, path, "cutalign-online-iteration", "d").endswith("nothing uploaded")
-    assert client.versions["id-cutalign-online-iteration"] == [
-        "cutalign-online-iteration",
-        version_name(path),
-    ]
+    version = version_name(path)
+    name = "cutalign-online-iteration"
+    assert upload(client, path, name, "d") == f"created pipeline {name!r} version {version!r}"
+    assert upload(client, path, name, "d").endswith("nothing uploaded")
+    # the release's version is findable by its name from the first install on (helm test looks it up)
+    assert client.versions[f"id-{name}"] == [name, version]
+    assert missing_version(client, name, version) is None
+    assert "has no version 'sha256-0'" in str(missing_version(client, name, "sha256-0"))
+    assert "KFP has no pipeline 'other'" in str(missing_version(client, "other", version))
+
+
+def test_release_check_reports_every_service_that_is_not_ready(tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path == "/readyz" else 503)
+            self.end_headers()
+            self.wfile.write(b"not yet")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert release_check.main(["--ready", f"{base}/readyz"]) == 0
+        assert release_check.main(["--ready", f"{base}/readyz", "--ready", f"{base}/other"]) == 1
+        assert "HTTP 503 not yet" in str(release_check.not_ready(f"{base}/other", 5))
+    finally:
+        server.shutdown()
 
 
 def test_pipeline_upload_refuses_files_that_are_not_compiled_pipelines(tmp_path: Path) -> None:

@@ -1,8 +1,15 @@
-"""Upload the compiled pipeline to Kubeflow Pipelines, once per distinct file: the chart's post-install hook.
+"""Upload the release's pipeline to Kubeflow Pipelines, once per distinct file: the chart's upload Job.
 
-``helm install``/``upgrade`` runs ``python -m cutalign.k8s.pipeline_upload --file ... --name ...`` in a Job.
-The first run creates the pipeline; later runs add a version named after the file's sha256 only when the file
-changed, so an upgrade that does not touch the pipeline uploads nothing and a re-run hook is harmless.
+``helm install``/``upgrade`` runs ``python -m cutalign.k8s.pipeline_upload --wiring wiring.json --name ...``
+in a Job: it compiles the pipeline with the release's ``PipelineWiring`` (Secrets, CA bundles, resources, run
+defaults; see ``cutalign.pipelines.wiring``) from the package in the image, then uploads it. The first run
+creates the pipeline; every run adds a version named after the compiled file's sha256 unless it exists, so
+an upgrade that changes nothing uploads nothing, a re-run Job is harmless, and ``helm test``
+(``cutalign.k8s.release_check``) can look the release's version up by name. ``--file`` uploads a file
+compiled elsewhere instead.
+
+The Job is a plain Job, not a hook: while KFP is down it fails and is retried by Kubernetes with backoff,
+and the release installs regardless.
 
 Credentials: in a multi-user Kubeflow, ``kfp.Client`` reads the service-account token the chart projects at
 ``/var/run/secrets/kubeflow/pipelines/token`` (audience ``pipelines.kubeflow.org``); a standalone KFP needs
@@ -15,6 +22,7 @@ import argparse
 import hashlib
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,9 +74,10 @@ def upload(client: PipelineClient, path: Path, name: str, description: str) -> s
     """Create the pipeline or add this file as a new version; returns what was done, for the log."""
     version = version_name(path)
     pipeline_id = client.get_pipeline_id(name)
+    created = pipeline_id is None
     if pipeline_id is None:
         client.upload_pipeline(str(path), pipeline_name=name, description=description)
-        return f"created pipeline {name!r}"
+        pipeline_id = client.get_pipeline_id(name)
     name_filter = json.dumps(
         {"predicates": [{"key": "name", "operation": "EQUALS", "string_value": version}]}
     )
@@ -76,24 +85,35 @@ def upload(client: PipelineClient, path: Path, name: str, description: str) -> s
     if existing:
         return f"pipeline {name!r} already has version {version!r}; nothing uploaded"
     client.upload_pipeline_version(str(path), pipeline_version_name=version, pipeline_id=pipeline_id)
-    return f"added version {version!r} to pipeline {name!r}"
+    return f"{'created pipeline' if created else 'added'} {name!r} version {version!r}"
+
+
+def compiled_for(wiring_path: Path, out_dir: Path) -> Path:
+    """The release's pipeline, compiled from its wiring JSON into ``out_dir``."""
+    from cutalign.pipelines.compile import compile_pipeline, read_wiring
+
+    return compile_pipeline(out_dir, read_wiring(wiring_path))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow:8888")
-    parser.add_argument("--file", required=True, type=Path, help="Compiled pipeline IR YAML.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--wiring", type=Path, help="PipelineWiring JSON: compile the release's pipeline.")
+    source.add_argument("--file", type=Path, help="A compiled pipeline IR YAML.")
     parser.add_argument("--name", required=True, help="Pipeline name in the KFP UI.")
     parser.add_argument("--namespace", default="kubeflow", help="KFP namespace (multi-user: the profile's).")
     parser.add_argument("--description", default="cutalign online alignment iteration", help="Pipeline text.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    check_pipeline_file(args.file)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = compiled_for(args.wiring, Path(tmp)) if args.wiring else args.file
+        check_pipeline_file(path)
 
-    import kfp  # heavy; imported only when an upload really happens
+        import kfp  # heavy; imported only when an upload really happens
 
-    client = kfp.Client(host=args.endpoint, namespace=args.namespace)
-    logger.info(upload(client, args.file, args.name, args.description))
+        client = kfp.Client(host=args.endpoint, namespace=args.namespace)
+        logger.info(upload(client, path, args.name, args.description))
 
 
 if __name__ == "__main__":
