@@ -23,12 +23,12 @@ from cutalign.config import BuilderSettings, GeneratorSettings, JudgeSettings, K
 from cutalign.demo.task import CountingTask
 from cutalign.generator.service import run as run_generator
 from cutalign.judging.service import run as run_judge
+from cutalign.pipelines.driver import local_submitter, run_iterations
 from cutalign.policy.launcher import start_policy_server
 from cutalign.policy.promotion import current_release
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key, iteration_manifest_key, model_prefix, prompts_key, release_key
 from cutalign.v1 import training_pb2
-from cutalign.pipelines.driver import local_submitter, run_iterations
 from policy_support import http_json, tiny_policy
 
 pytestmark = pytest.mark.slow

@@ -372,6 +372,12 @@ class LauncherSettings(BaseSettings):
     s3_secret: str = Field("cutalign-s3", description="Secret holding the S3 access and secret keys.")
     s3_access_key_key: str = Field("access-key", description="Key of the access key in `s3_secret`.")
     s3_secret_key_key: str = Field("secret-key", description="Key of the secret key in `s3_secret`.")
+    s3_ca_secret: str | None = Field(
+        None, description="Secret with the S3 CA bundle, mounted where `s3.ca_bundle` points (None: none)."
+    )
+    s3_ca_config_map: str | None = Field(
+        None, description="ConfigMap with the S3 CA bundle instead (e.g. kube-root-ca.crt)."
+    )
     backoff_limit: int = Field(3, ge=0, description="Pod restarts before the job is marked failed.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="Finished jobs are deleted after this.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Hard wall-clock limit of a run.")
