@@ -110,7 +110,7 @@ def trainer_volumes(launcher: LauncherSettings, s3: S3Settings) -> list[k8s.V1Vo
 
 
 def trainer_volume_mounts(launcher: LauncherSettings, s3: S3Settings) -> list[k8s.V1VolumeMount]:
-    """/tmp, /dev/shm, and the S3 CA bundle in the directory ``s3.ca_bundle`` names (trust of a private CA)."""
+    """/tmp, /dev/shm, and the S3 CA bundle in the directory ``s3.ca_bundle`` names (a private CA)."""
     mounts = [
         k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
         k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),

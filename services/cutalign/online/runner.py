@@ -222,7 +222,7 @@ def _bind(on_task: Callable[[int, str], None] | None, iteration: int) -> Callabl
 
 
 def _pipeline_driver() -> tuple[Any, Any]:
-    """The multi-iteration pipeline driver (imported here: it pulls in kfp, which ``--help`` need not load)."""
+    """The multi-iteration pipeline driver (imported here: it loads kfp, which ``--help`` need not)."""
     from cutalign.pipelines import driver
 
     return driver.local_submitter, driver.run_iterations

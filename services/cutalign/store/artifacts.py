@@ -81,7 +81,7 @@ def manifest_json(message: Message) -> bytes:
 
 
 def _trusting(ca_bundle: str) -> urllib3.PoolManager:
-    """minio's default HTTP client (timeouts, retries on 5xx), verifying the endpoint against ``ca_bundle``."""
+    """minio's default HTTP client (timeouts, retries on 5xx) that verifies the endpoint by ``ca_bundle``."""
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=300, read=300),
         maxsize=10,
