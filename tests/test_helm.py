@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -28,12 +27,12 @@ from cutalign.k8s.pytorchjob import build_pytorchjob
 from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import CrdCatalog, load_manifests, validate_manifests
 from cutalign.pipelines.wiring import PipelineWiring
+from helm_support import HELM, all_config_env, config_env, find, helm, render
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "cutalign"
-HELM = ROOT / ".tools" / "helm" / "helm" / "helm"
 PROFILES = ("minimal", "production", "kserve")
-NAMESPACE = "cutalign-test"
+NAMESPACE = "cutalign-test"  # helm_support renders into it
 KUBE_VERSIONS = ("1.27", "1.37")  # the chart's minimum (Chart.yaml kubeVersion) and the newest schemas
 # Settings sections that are not deployed by the chart: the embedded local platform only.
 NOT_ON_A_CLUSTER = {"PLATFORM"}
@@ -43,13 +42,6 @@ FROM_SECRETS: set[tuple[str, str]] = set()
 PARTIAL_SECTIONS = {"JUDGE_LLM"}
 
 pytestmark = pytest.mark.skipif(not HELM.exists(), reason=f"{HELM} is missing: run `make helm-tool` first")
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="session")
@@ -65,34 +57,6 @@ def catalog() -> CrdCatalog:
 @pytest.fixture(scope="session")
 def rendered(chart: Path) -> dict[str, list[dict[str, Any]]]:
     return {p: render(chart, "-f", str(chart / "ci" / f"{p}-values.yaml")) for p in PROFILES}
-
-
-def render(chart: Path, *args: str) -> list[dict[str, Any]]:
-    out = helm("template", "rel", str(chart), "--namespace", NAMESPACE, *args).stdout
-    return load_manifests(out)
-
-
-def find(objs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
-    matches = [o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
-    assert len(matches) == 1, (
-        f"expected one {kind} *{name_suffix}, found {[m['metadata']['name'] for m in matches]}"
-    )
-    return matches[0]
-
-
-def config_env(objs: list[dict[str, Any]], component: str = "pipeline") -> dict[str, str]:
-    """The CUTALIGN_* data of one component's ConfigMap (``<fullname>-<component>-config``)."""
-    return dict(find(objs, "ConfigMap", f"-{component}-config")["data"])
-
-
-def all_config_env(objs: list[dict[str, Any]]) -> dict[str, str]:
-    """Every component ConfigMap's data together (shared sections render identically in each)."""
-    env: dict[str, str] = {}
-    for obj in objs:
-        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-config"):
-            for name, value in obj["data"].items():
-                assert env.setdefault(name, value) == value or name == "CUTALIGN_KAFKA_SASL_USERNAME", name
-    return env
 
 
 def job_templates(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -343,12 +307,23 @@ def test_schema_rejects_bad_values(chart: Path, setting: str, error: str) -> Non
 
 def test_validate_values_fails_once_with_every_error(chart: Path) -> None:
     result = helm(
-        "template", "rel", str(chart),
-        "--set", "kafka.securityProtocol=SASL_SSL", "--set", "launcher.gpusPerNode=2",
-        "--set", "launcher.nprocPerNode=4", "--set", "images.judge.tag=latest",
-        "--set", "policyServer.policyUri=", "--set", "feedback.ingress.enabled=true",
+        "template",
+        "rel",
+        str(chart),
+        "--set",
+        "kafka.securityProtocol=SASL_SSL",
+        "--set",
+        "launcher.gpusPerNode=2",
+        "--set",
+        "launcher.nprocPerNode=4",
+        "--set",
+        "images.judge.tag=latest",
+        "--set",
+        "policyServer.policyUri=",
+        "--set",
+        "feedback.ingress.enabled=true",
         check=False,
-    )  # fmt: skip
+    )
     assert result.returncode != 0
     assert result.stderr.count("VALUES VALIDATION ERRORS") == 1
     for expected in (
