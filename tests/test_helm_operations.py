@@ -44,7 +44,7 @@ def deployment(objs: list[dict[str, Any]], component: str) -> dict[str, Any]:
     return find(objs, "Deployment", f"-{component}")
 
 
-# -- Kafka the Strimzi way ------------------------------------------------------------------------------------
+# -- Kafka the Strimzi way ---
 
 
 def test_strimzi_v1_topics_are_kept_and_v1beta2_is_selectable(production: list[dict[str, Any]]) -> None:
@@ -114,7 +114,7 @@ def test_a_kafka_user_per_component_with_acls_for_exactly_its_topics_and_groups(
 def test_each_component_reads_its_password_the_way_strimzi_writes_it(
     production: list[dict[str, Any]],
 ) -> None:
-    """A KafkaUser Secret has `password` (and `sasl.jaas.config`) but no user name: that is the user's name."""
+    """A KafkaUser Secret has `password` and `sasl.jaas.config` but no user name: it is the user's name."""
     for component in ("generator", "judge", "target-builder", "feedback"):
         ((_, c),) = containers(deployment(production, component))
         env = {e["name"]: e for e in c["env"]}
@@ -140,7 +140,7 @@ def test_release_scoped_topic_names_reach_topics_acls_and_settings() -> None:
     assert acl_topics == names
 
 
-# -- CA trust -------------------------------------------------------------------------------------------------
+# -- CA trust ---
 
 
 def test_ca_bundles_are_mounted_where_the_settings_point(production: list[dict[str, Any]]) -> None:
@@ -168,7 +168,7 @@ def test_ca_bundles_are_mounted_where_the_settings_point(production: list[dict[s
     assert checked == 7  # Kafka: generator, judge, builder, feedback; S3: generator, builder, feedback
 
 
-# -- the release's pipeline against the chart's values --------------------------------------------------------
+# -- the release's pipeline against the chart's values ---
 
 
 def test_the_compiled_pipeline_carries_the_charts_secrets_ca_and_resources(
@@ -276,7 +276,7 @@ def test_kserve_profile_hot_reloads_the_policy_with_the_admin_token(tmp_path: Pa
     assert wiring.evaluate.gpus == 0  # CPU training: CPU evaluation
 
 
-# -- operations -------------------------------------------------------------------------------------------------
+# -- operations ---
 
 
 def test_extra_env_volumes_and_pod_metadata_per_component() -> None:
