@@ -1,6 +1,6 @@
-"""The chart README's parameter table, generated from the ``## @section`` / ``## @param`` lines of values.yaml.
+"""The chart README's parameter table, generated from the ``## @section``/``## @param`` lines of values.yaml.
 
-    python -m cutalign.k8s.chart_docs charts/cutalign           # rewrite the table in charts/cutalign/README.md
+    python -m cutalign.k8s.chart_docs charts/cutalign           # rewrite the table in its README.md
     python -m cutalign.k8s.chart_docs charts/cutalign --check   # exit 1 if it is stale (a test does the same)
 
 The table sits between ``<!-- parameters:start -->`` and ``<!-- parameters:end -->``: one sub-table per
@@ -37,7 +37,8 @@ def parameter_table(values_yaml: str) -> str:
     out: list[str] = []
     for line in values_yaml.splitlines():
         if section := _SECTION.match(line):
-            out += ["", f"### {section.group(1)}", "", "| parameter | description | default |", "|---|---|---|"]
+            out += ["", f"### {section.group(1)}", "", "| parameter | description | default |"]
+            out.append("|---|---|---|")
         elif param := _PARAM.match(line):
             path, description = param.groups()
             out.append(f"| `{path}` | {description.replace('|', chr(92) + '|')} | {_default(values, path)} |")

@@ -79,7 +79,7 @@ def upload(client: PipelineClient, path: Path, name: str, description: str) -> s
         client.upload_pipeline(str(path), pipeline_name=name, description=description)
         pipeline_id = client.get_pipeline_id(name)
         if pipeline_id is None:
-            raise RuntimeError(f"KFP did not list pipeline {name!r} right after creating it; run the upload again")
+            raise RuntimeError(f"KFP did not list pipeline {name!r} after creating it; run the upload again")
     name_filter = json.dumps(
         {"predicates": [{"key": "name", "operation": "EQUALS", "string_value": version}]}
     )
