@@ -559,7 +559,7 @@ def test_chart_readme_parameter_table_is_generated_from_values() -> None:
     """`make chart-docs` writes it; a new or changed `## @param` without regenerating fails here."""
     from cutalign.k8s.chart_docs import main, parameter_table
 
-    assert main([str(CHART), "--check"]) == 0, "the chart README's parameters are stale: run `make chart-docs`"
+    assert main([str(CHART), "--check"]) == 0, "stale chart README parameters: run `make chart-docs`"
     table = parameter_table((CHART / "values.yaml").read_text())
     assert "| `kafka.strimzi.users.enabled` |" in table and "### Kafka (`CUTALIGN_KAFKA_*`)" in table
     documented = re.findall(r"^\s*## @param (\S+)", (CHART / "values.yaml").read_text(), flags=re.M)
