@@ -205,7 +205,7 @@ def run(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> It
                 lambda port: local_rewrites(platform),
                 extra_args=lambda p: ["--http_port", str(p)],
             )
-            release.wait_ready()  # the generator asks the server what it serves at start (a pod would restart)
+            release.wait_ready()  # the generator asks the server what it serves (a pod would restart)
             for deployment in ("generator", "judge", "target-builder", "feedback"):
                 release.start(f"rel-cutalign-{deployment}", lambda port: local_rewrites(platform, policy.url))
             release.wait_ready()
