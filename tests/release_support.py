@@ -243,20 +243,13 @@ def task_environment(
     """Per task of a compiled pipeline: the env and mounts its pod gets from its kfp-kubernetes config."""
     for executor, config in platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
         env: dict[str, str] = {}
-        for source in config.get("configMapAsEnv", []):
-            for pair in source["keyToEnv"]:
-                value = cluster.key(
-                    "configMap", source["configMapName"], pair["configMapKey"], source.get("optional", False)
-                )
-                if value is not None:
-                    env[pair["envVar"]] = value
-        for source in config.get("secretAsEnv", []):
-            for pair in source["keyToEnv"]:
-                value = cluster.key(
-                    "secret", source["secretName"], pair["secretKey"], source.get("optional", False)
-                )
-                if value is not None:
-                    env[pair["envVar"]] = value
+        for kind, field_name in (("configMap", "configMap"), ("secret", "secret")):
+            for source in config.get(f"{field_name}AsEnv", []):
+                for pair in source["keyToEnv"]:
+                    name, key = source[f"{field_name}Name"], pair[f"{field_name}Key"]
+                    value = cluster.key(kind, name, key, source.get("optional", False))
+                    if value is not None:
+                        env[pair["envVar"]] = value
         mounts = {
             v["mountPath"]: cluster.write_volume("secret", v["secretName"])
             for v in config.get("secretAsVolume", [])

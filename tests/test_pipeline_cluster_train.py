@@ -96,6 +96,7 @@ def run_step(
     catalog: CrdCatalog,
     backend: str = "pytorchjob",
     attempt: str = "",
+    sleep: Any = lambda _: None,
     **launcher: Any,
 ) -> Any:
     return train_on_cluster(
@@ -108,7 +109,7 @@ def run_step(
         launcher=LauncherSettings(backend=backend, namespace="ml", gpus_per_node=2, **launcher),
         poll_interval_s=0.0,
         timeout_s=60,
-        sleep=lambda _: None,
+        sleep=sleep,
         catalog=catalog,
         attempt=attempt,
     )
@@ -227,20 +228,7 @@ def test_fake_k8s_api_interrupted_step_deletes_its_running_job(
 
     api = FakeCustomObjectsApi([RUNNING])
     with pytest.raises(SystemExit):
-        train_on_cluster(
-            api,
-            TrainerSettings(),
-            MANIFEST_URI,
-            POLICY_URI,
-            3,
-            store=store,
-            launcher=LauncherSettings(namespace="ml"),
-            poll_interval_s=1.0,
-            timeout_s=60,
-            sleep=interrupted,
-            catalog=catalog,
-            attempt="1234",
-        )
+        run_step(store, api, catalog, attempt="1234", sleep=interrupted)
     assert api.deleted == [("pytorchjobs", "cut-it-0003-1234")]
 
 
