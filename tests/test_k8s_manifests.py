@@ -393,7 +393,7 @@ def test_release_check_reports_every_service_that_is_not_ready(tmp_path: Path) -
 
 
 def test_pipeline_upload_refuses_files_that_are_not_compiled_pipelines(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="make pipelines"):
+    with pytest.raises(FileNotFoundError, match="cutalign.pipelines.compile"):
         check_pipeline_file(tmp_path / "online_iteration.yaml")
     other = tmp_path / "other.yaml"
     other.write_text("apiVersion: v1\nkind: ConfigMap\n")

@@ -63,7 +63,7 @@ def check_pipeline_file(path: Path) -> None:
     """Fail before talking to KFP if the file is not a compiled KFP pipeline (IR YAML)."""
     if not path.is_file() or path.stat().st_size == 0:
         raise FileNotFoundError(
-            f"{path} is missing or empty: run `make pipelines` so the chart ships pipelines/compiled/*.yaml"
+            f"{path} is missing or empty: compile it with `python -m cutalign.pipelines.compile`"
         )
     doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, dict) or "pipelineInfo" not in doc or "root" not in doc:
