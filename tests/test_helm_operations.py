@@ -257,6 +257,21 @@ def test_the_compiled_pipeline_carries_the_charts_secrets_ca_and_resources(
         assert step["podMetadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
 
 
+def test_the_upload_job_keeps_the_recurring_run_of_the_online_loop(production: list[dict[str, Any]]) -> None:
+    ((_, upload),) = containers(find(production, "Job"))
+    values = yaml.safe_load(PRODUCTION.read_text())
+    assert values["pipeline"]["recurring"]["enabled"] is True
+    for arg in (
+        "--schedule=0 0 */6 * * *",
+        "--recurring-run-name=cutalign-online-loop",
+        "--service-account=default-editor",
+    ):
+        assert arg in upload["command"]
+    minimal = render(CHART, "-f", str(CHART / "ci" / "minimal-values.yaml"))
+    ((_, upload),) = containers(find(minimal, "Job"))
+    assert not [a for a in upload["command"] if a.startswith("--schedule")]
+
+
 def test_kserve_profile_hot_reloads_the_policy_with_the_admin_token(tmp_path: Path) -> None:
     objs = render(CHART, "-f", str(CHART / "ci" / "kserve-values.yaml"))
     wiring = PipelineWiring.model_validate_json(

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from cutalign.cli.main import app
 from cutalign.config import LauncherSettings, S3Settings, Toleration, TrainerSettings
 from cutalign.k8s import release_check
-from cutalign.k8s.pipeline_upload import check_pipeline_file, upload, version_name
+from cutalign.k8s.pipeline_upload import check_pipeline_file, schedule, upload, version_name
 from cutalign.k8s.pytorchjob import build_pytorchjob
 from cutalign.k8s.release_check import missing_version
 from cutalign.k8s.trainjob import build_trainjob
@@ -331,26 +331,60 @@ class FakeKfpClient:
     def __init__(self) -> None:
         self.pipelines: dict[str, str] = {}
         self.versions: dict[str, list[str]] = {}
+        self.recurring: dict[str, SimpleNamespace] = {}
 
     def get_pipeline_id(self, name: str) -> str | None:
         return self.pipelines.get(name)
 
-    def upload_pipeline(self, pipeline_package_path: str, pipeline_name: str | None = None,
-                        description: str | None = None) -> None:  # fmt: skip
+    def upload_pipeline(
+        self, pipeline_package_path: str, pipeline_name: str | None = None, description: str | None = None
+    ) -> None:
         assert pipeline_name is not None
         self.pipelines[pipeline_name] = f"id-{pipeline_name}"
         self.versions[f"id-{pipeline_name}"] = [pipeline_name]
 
-    def upload_pipeline_version(self, pipeline_package_path: str, pipeline_version_name: str,
-                                pipeline_id: str | None = None) -> None:  # fmt: skip
+    def upload_pipeline_version(
+        self, pipeline_package_path: str, pipeline_version_name: str, pipeline_id: str | None = None
+    ) -> SimpleNamespace:
         assert pipeline_id is not None
         self.versions[pipeline_id].append(pipeline_version_name)
+        return SimpleNamespace(pipeline_version_id=f"vid-{pipeline_version_name}")
 
-    def list_pipeline_versions(self, pipeline_id: str, page_token: str = "", page_size: int = 10,
-                               sort_by: str = "", filter: str | None = None) -> SimpleNamespace:  # fmt: skip
+    def list_pipeline_versions(
+        self,
+        pipeline_id: str,
+        page_token: str = "",
+        page_size: int = 10,
+        sort_by: str = "",
+        filter: str | None = None,
+    ) -> SimpleNamespace:
+        wanted = json.loads(filter or "{}")["predicates"][0]["string_value"]
+        found = [
+            SimpleNamespace(pipeline_version_id=f"vid-{v}") for v in self.versions[pipeline_id] if v == wanted
+        ]
+        return SimpleNamespace(pipeline_versions=found or None)
+
+    def create_experiment(
+        self, name: str, description: str | None = None, namespace: str | None = None
+    ) -> Any:
+        return SimpleNamespace(experiment_id=f"exp-{name}")
+
+    def list_recurring_runs(self, *, experiment_id: str | None = None, filter: str | None = None) -> Any:
         wanted = json.loads(filter or "{}")["predicates"][0]["string_value"]
         return SimpleNamespace(
-            pipeline_versions=[v for v in self.versions[pipeline_id] if v == wanted] or None
+            recurring_runs=[r for r in self.recurring.values() if r.display_name == wanted] or None
+        )
+
+    def delete_recurring_run(self, recurring_run_id: str) -> None:
+        del self.recurring[recurring_run_id]
+
+    def create_recurring_run(self, experiment_id: str, job_name: str, **options: Any) -> None:
+        run_id = f"rr-{len(self.recurring) + 1}-{options['version_id']}"
+        self.recurring[run_id] = SimpleNamespace(
+            recurring_run_id=run_id,
+            display_name=job_name,
+            pipeline_version_reference=SimpleNamespace(pipeline_version_id=options["version_id"]),
+            options=options,
         )
 
 
@@ -360,13 +394,39 @@ def test_pipeline_upload_is_idempotent_with_fake_kfp_client(tmp_path: Path) -> N
     client = FakeKfpClient()
     version = version_name(path)
     name = "cutalign-online-iteration"
-    assert upload(client, path, name, "d") == f"created pipeline {name!r} version {version!r}"
-    assert upload(client, path, name, "d").endswith("nothing uploaded")
+    assert upload(client, path, name, "d").message == f"created pipeline {name!r} version {version!r}"
+    again = upload(client, path, name, "d")
+    assert again.message.endswith("nothing uploaded") and again.version_id == f"vid-{version}"
     # the release's version is findable by its name from the first install on (helm test looks it up)
     assert client.versions[f"id-{name}"] == [name, version]
     assert missing_version(client, name, version) is None
     assert "has no version 'sha256-0'" in str(missing_version(client, name, "sha256-0"))
     assert "KFP has no pipeline 'other'" in str(missing_version(client, "other", version))
+
+
+def test_one_recurring_run_follows_the_newest_release_version(tmp_path: Path) -> None:
+    """The online loop with no one in it: each upgrade that changes the pipeline re-points the schedule."""
+    client = FakeKfpClient()
+    first = upload(client, _compiled_pipeline(tmp_path / "a.yaml"), "p", "d")
+    options = {"experiment": "cutalign", "name": "loop", "cron": "0 0 * * * *", "service_account": "runner"}
+    assert "now runs the new version (replaced 0)" in schedule(client, first, **options)
+    assert schedule(client, first, **options).endswith("already runs this version")
+    (run,) = client.recurring.values()
+    assert run.options | {"pipeline_id": "id-p"} == {
+        "cron_expression": "0 0 * * * *",
+        "max_concurrency": 1,  # one iteration at a time
+        "no_catchup": True,
+        "pipeline_id": "id-p",
+        "version_id": first.version_id,
+        "enable_caching": False,
+        "service_account": "runner",
+    }
+    (tmp_path / "b.yaml").write_text((tmp_path / "a.yaml").read_text() + "\n# changed\n")
+    second = upload(client, tmp_path / "b.yaml", "p", "d")
+    assert "(replaced 1)" in schedule(client, second, **options)
+    assert [r.pipeline_version_reference.pipeline_version_id for r in client.recurring.values()] == [
+        second.version_id
+    ]
 
 
 def test_release_check_reports_every_service_that_is_not_ready(tmp_path: Path) -> None:

@@ -70,6 +70,12 @@ Usage: {{- include "cutalign.validateValues" . }}
 {{- if and $v.metrics.dashboard.enabled (not (.Files.Get "files/dashboard.json")) -}}
 {{- $errors = append $errors "metrics.dashboard.enabled: files/dashboard.json is missing from the chart" -}}
 {{- end -}}
+{{- if and $v.pipeline.recurring.enabled (not $v.pipeline.upload.enabled) -}}
+{{- $errors = append $errors "pipeline.recurring.enabled: the upload Job keeps the recurring run: needs pipeline.upload.enabled" -}}
+{{- end -}}
+{{- if and $v.pipeline.recurring.enabled (not $v.pipeline.run.evalUri) -}}
+{{- $errors = append $errors "pipeline.run.evalUri: a recurring run uses the defaults: set the eval set (and pipeline.run.promptPoolUri or promptsUri)" -}}
+{{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nVALUES VALIDATION ERRORS:\n  - %s\n" (join "\n  - " $errors)) -}}
 {{- end -}}

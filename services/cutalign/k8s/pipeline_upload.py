@@ -6,7 +6,8 @@ defaults; see ``cutalign.pipelines.wiring``) from the package in the image, then
 creates the pipeline; every run adds a version named after the compiled file's sha256 unless it exists, so
 an upgrade that changes nothing uploads nothing, a re-run Job is harmless, and ``helm test``
 (``cutalign.k8s.release_check``) can look the release's version up by name. ``--file`` uploads a file
-compiled elsewhere instead.
+compiled elsewhere instead. With ``--schedule CRON`` it also keeps a recurring run of that version (the
+online loop with no one in it: each firing runs the next iteration).
 
 The Job is a plain Job, not a hook: while KFP is down it fails and is retried by Kubernetes with backoff,
 and the release installs regardless.
@@ -23,6 +24,7 @@ import hashlib
 import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +56,27 @@ class PipelineClient(Protocol):
     ) -> Any: ...
 
 
+class SchedulerClient(Protocol):
+    """The part of ``kfp.Client`` the recurring run uses."""
+
+    def create_experiment(
+        self, name: str, description: str | None = ..., namespace: str | None = ...
+    ) -> Any: ...
+
+    def list_recurring_runs(self, *, experiment_id: str | None = ..., filter: str | None = ...) -> Any: ...
+
+    def delete_recurring_run(self, recurring_run_id: str) -> Any: ...
+
+    def create_recurring_run(self, experiment_id: str, job_name: str, **options: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    message: str
+    pipeline_id: str
+    version_id: str
+
+
 def version_name(path: Path) -> str:
     """Content-addressed version name: the same file always maps to the same version."""
     return "sha256-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -70,8 +93,8 @@ def check_pipeline_file(path: Path) -> None:
         raise ValueError(f"{path} is not a compiled KFP pipeline (no pipelineInfo/root): compile it with kfp")
 
 
-def upload(client: PipelineClient, path: Path, name: str, description: str) -> str:
-    """Create the pipeline or add this file as a new version; returns what was done, for the log."""
+def upload(client: PipelineClient, path: Path, name: str, description: str) -> Uploaded:
+    """Create the pipeline or add this file as a new version; returns what was done and the version."""
     version = version_name(path)
     pipeline_id = client.get_pipeline_id(name)
     created = pipeline_id is None
@@ -85,9 +108,49 @@ def upload(client: PipelineClient, path: Path, name: str, description: str) -> s
     )
     existing = client.list_pipeline_versions(pipeline_id, filter=name_filter).pipeline_versions or []
     if existing:
-        return f"pipeline {name!r} already has version {version!r}; nothing uploaded"
-    client.upload_pipeline_version(str(path), pipeline_version_name=version, pipeline_id=pipeline_id)
-    return f"{'created pipeline' if created else 'added'} {name!r} version {version!r}"
+        message = f"pipeline {name!r} already has version {version!r}; nothing uploaded"
+        return Uploaded(message, pipeline_id, existing[0].pipeline_version_id)
+    added = client.upload_pipeline_version(str(path), pipeline_version_name=version, pipeline_id=pipeline_id)
+    message = f"{'created pipeline' if created else 'added'} {name!r} version {version!r}"
+    return Uploaded(message, pipeline_id, added.pipeline_version_id)
+
+
+def schedule(
+    client: SchedulerClient,
+    uploaded: Uploaded,
+    *,
+    experiment: str,
+    name: str,
+    cron: str,
+    namespace: str | None = None,
+    service_account: str | None = None,
+) -> str:
+    """Keep one recurring run ``name`` of the release's version: every firing runs the next iteration with
+    the defaults, one at a time (max concurrency 1, no catch-up). A recurring run of an older version is
+    replaced; one of this version is left alone."""
+    experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+    name_filter = json.dumps(
+        {"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": name}]}
+    )
+    existing = (
+        client.list_recurring_runs(experiment_id=experiment_id, filter=name_filter).recurring_runs or []
+    )
+    if any(r.pipeline_version_reference.pipeline_version_id == uploaded.version_id for r in existing):
+        return f"recurring run {name!r} already runs this version"
+    for old in existing:
+        client.delete_recurring_run(old.recurring_run_id)
+    client.create_recurring_run(
+        experiment_id,
+        name,
+        cron_expression=cron,
+        max_concurrency=1,
+        no_catchup=True,
+        pipeline_id=uploaded.pipeline_id,
+        version_id=uploaded.version_id,
+        enable_caching=False,
+        service_account=service_account,
+    )
+    return f"recurring run {name!r} ({cron}) now runs the new version (replaced {len(existing)})"
 
 
 def compiled_for(wiring_path: Path, out_dir: Path) -> Path:
@@ -106,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="Pipeline name in the KFP UI.")
     parser.add_argument("--namespace", default="kubeflow", help="KFP namespace (multi-user: the profile's).")
     parser.add_argument("--description", default="cutalign online alignment iteration", help="Pipeline text.")
+    parser.add_argument(
+        "--schedule", help="Cron expression (KFP: 6 fields) of a recurring run of the version."
+    )
+    parser.add_argument("--experiment", default="cutalign", help="Experiment of the recurring run.")
+    parser.add_argument("--recurring-run-name", default="cutalign-online-loop", help="Its name.")
+    parser.add_argument("--service-account", help="Service account of its runs (may create training jobs).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +184,20 @@ def main(argv: list[str] | None = None) -> None:
         import kfp  # heavy; imported only when an upload really happens
 
         client = kfp.Client(host=args.endpoint, namespace=args.namespace)
-        logger.info(upload(client, path, args.name, args.description))
+        uploaded = upload(client, path, args.name, args.description)
+        logger.info(uploaded.message)
+        if args.schedule:
+            logger.info(
+                schedule(
+                    client,
+                    uploaded,
+                    experiment=args.experiment,
+                    name=args.recurring_run_name,
+                    cron=args.schedule,
+                    namespace=args.namespace,
+                    service_account=args.service_account,
+                )
+            )
 
 
 if __name__ == "__main__":
