@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -24,64 +22,31 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from cutalign import config
+from cutalign.judges.llm import ENV_PREFIX as JUDGE_LLM_PREFIX
 from cutalign.k8s.pytorchjob import build_pytorchjob
 from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import CrdCatalog, load_manifests, validate_manifests
+from cutalign.pipelines.wiring import PipelineWiring
+from helm_support import HELM, all_config_env, config_env, find, helm, render
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "cutalign"
-HELM = ROOT / ".tools" / "helm" / "helm" / "helm"
-COMPILED_PIPELINE = ROOT / "pipelines" / "compiled" / "online_iteration.yaml"
 PROFILES = ("minimal", "production", "kserve")
-NAMESPACE = "cutalign-test"
+NAMESPACE = "cutalign-test"  # helm_support renders into it
 KUBE_VERSIONS = ("1.27", "1.37")  # the chart's minimum (Chart.yaml kubeVersion) and the newest schemas
 # Settings sections that are not deployed by the chart: the embedded local platform only.
-NOT_ON_A_CLUSTER = {"PLATFORM"}
+NOT_ON_A_CLUSTER = {"PLATFORM", "ONLINE"}  # the embedded platform; a laptop-driven run (cutalign run)
 # Plain-str settings that are credentials all the same: the chart reads them from a Secret too.
-FROM_SECRETS = {("KAFKA", "sasl_username")}
+FROM_SECRETS: set[tuple[str, str]] = set()
+# Settings sections the chart renders only a part of (the LLM judge's endpoint is a PolicySettings).
+PARTIAL_SECTIONS = {"JUDGE_LLM"}
 
 pytestmark = pytest.mark.skipif(not HELM.exists(), reason=f"{HELM} is missing: run `make helm-tool` first")
 
 
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 @pytest.fixture(scope="session")
-def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chart with a compiled pipeline in files/, as `make pipelines` leaves it.
-
-    The project's compiled pipeline when it exists; otherwise a tiny pipeline compiled by the real KFP
-    compiler stands in (the chart only packages and uploads the file; its content is the pipeline engineer's).
-    """
-    copy = tmp_path_factory.mktemp("chart") / "cutalign"
-    shutil.copytree(CHART, copy)
-    target = copy / "files" / "online_iteration.yaml"
-    target.parent.mkdir(exist_ok=True)
-    if not target.exists():
-        if COMPILED_PIPELINE.exists():
-            shutil.copy(COMPILED_PIPELINE, target)
-        else:
-            _compile_stand_in(target)
-    return copy
-
-
-def _compile_stand_in(path: Path) -> None:
-    from kfp import compiler, dsl
-
-    # No annotations: `from __future__ import annotations` would make them strings, which KFP rejects.
-    @dsl.component(base_image="python:3.11.11-slim-bookworm")
-    def stand_in_step():  # type: ignore[no-untyped-def]
-        print("stand-in")
-
-    @dsl.pipeline(name="cutalign-online-iteration-stand-in")
-    def stand_in():  # type: ignore[no-untyped-def]
-        stand_in_step()
-
-    compiler.Compiler().compile(stand_in, str(path))
+def chart() -> Path:
+    return CHART
 
 
 @pytest.fixture(scope="session")
@@ -92,19 +57,6 @@ def catalog() -> CrdCatalog:
 @pytest.fixture(scope="session")
 def rendered(chart: Path) -> dict[str, list[dict[str, Any]]]:
     return {p: render(chart, "-f", str(chart / "ci" / f"{p}-values.yaml")) for p in PROFILES}
-
-
-def render(chart: Path, *args: str) -> list[dict[str, Any]]:
-    out = helm("template", "rel", str(chart), "--namespace", NAMESPACE, *args).stdout
-    return load_manifests(out)
-
-
-def find(objs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
-    matches = [o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
-    assert len(matches) == 1, (
-        f"expected one {kind} *{name_suffix}, found {[m['metadata']['name'] for m in matches]}"
-    )
-    return matches[0]
 
 
 def job_templates(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -148,8 +100,11 @@ def test_rendered_manifests_validate_strictly(
     expected_crs = {
         "minimal": set(),
         "production": {
-            "KafkaTopic": "kafkatopics.kafka.strimzi.io v1beta2 ",
+            "KafkaTopic": "kafkatopics.kafka.strimzi.io v1 ",
+            "KafkaUser": "kafkausers.kafka.strimzi.io v1 ",
             "Tenant": "tenants.minio.min.io v2 ",
+            "PodMonitor": "podmonitors.monitoring.coreos.com v1 ",
+            "PrometheusRule": "prometheusrules.monitoring.coreos.com v1 ",
         },
         "kserve": {"InferenceService": "inferenceservices.serving.kserve.io v1beta1 "},
     }[profile]
@@ -164,7 +119,7 @@ def test_job_templates_equal_the_jobs_built_in_code(
     rendered: dict[str, list[dict[str, Any]]], profile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pipeline builds jobs in code from the config ConfigMap: the template must be that job."""
-    env = find(rendered[profile], "ConfigMap", "-config")["data"]
+    env = config_env(rendered[profile])
     _use_env(monkeypatch, env)
     launcher, s3, trainer = config.LauncherSettings(), config.S3Settings(), config.TrainerSettings()  # type: ignore[call-arg]
     for key, build in (("pytorchjob.yaml", build_pytorchjob), ("trainjob.yaml", build_trainjob)):
@@ -205,6 +160,7 @@ def settings_sections() -> dict[str, type[BaseSettings]]:
         if isinstance(obj, type) and issubclass(obj, BaseSettings) and obj is not BaseSettings:
             prefix = str(obj.model_config.get("env_prefix", ""))
             sections[prefix.removeprefix("CUTALIGN_").rstrip("_")] = obj
+    sections[JUDGE_LLM_PREFIX.removeprefix("CUTALIGN_").rstrip("_")] = config.PolicySettings
     return sections
 
 
@@ -219,7 +175,7 @@ def _types(annotation: Any) -> set[Any]:
 
 def section_of(env_name: str) -> tuple[str, str]:
     """``CUTALIGN_POLICY_SERVER_DEVICE`` -> (``POLICY_SERVER``, ``device``): the longest matching section."""
-    for section in sorted(settings_sections(), key=len, reverse=True):
+    for section in sorted(settings_sections(), key=len, reverse=True):  # JUDGE_LLM before JUDGE
         if env_name.startswith(f"CUTALIGN_{section}_"):
             return section, env_name.removeprefix(f"CUTALIGN_{section}_").lower()
     raise AssertionError(f"{env_name} belongs to no settings section of config.py")
@@ -231,7 +187,7 @@ def test_configmap_env_is_exactly_the_service_settings(
 ) -> None:
     """pydantic-settings ignores unknown env vars, so a misnamed key would be lost silently: check each."""
     sections = settings_sections()
-    env = find(rendered[profile], "ConfigMap", "-config")["data"]
+    env = all_config_env(rendered[profile])
     for name in env:
         section, field = section_of(name)
         assert field in sections[section].model_fields, f"{name}: no field {field!r} in {sections[section]}"
@@ -240,24 +196,32 @@ def test_configmap_env_is_exactly_the_service_settings(
         )
     _use_env(monkeypatch, env)
     for section in {section_of(name)[0] for name in env}:
-        sections[section]()  # every value parses (types, bounds, cross-field checks)
+        if section == "JUDGE_LLM":
+            config.PolicySettings(_env_prefix=JUDGE_LLM_PREFIX)  # type: ignore[call-arg]
+        else:
+            sections[section]()  # every value parses (types, bounds, cross-field checks)
 
 
 def test_values_mirror_every_settings_field(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """Each non-secret field of each deployed section is a value (rendered, or null: the default)."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    env = find(rendered["minimal"], "ConfigMap", "-config")["data"]
+    env = all_config_env(rendered["minimal"])
     rendered_fields = {section_of(n) for n in env}
     missing = []
     for section, cls in settings_sections().items():
-        if section in NOT_ON_A_CLUSTER:
+        if section in NOT_ON_A_CLUSTER | PARTIAL_SECTIONS:
             continue
         key = _camel(section.lower())
         assert key in values, (
             f"values.yaml has no `{key}` section for {cls.__name__} (or list it in NOT_ON_A_CLUSTER)"
         )
         nulls = {_snake(k) for k, v in values[key].items() if v is None}
-        derived = {"crd_dir"} if section == "LAUNCHER" else set()  # the in-cluster steps use the shipped CRDs
+        derived = {
+            "LAUNCHER": {"crd_dir", "s3_ca_secret", "s3_ca_config_map"},  # shipped CRDs; from s3.tls
+            "KAFKA": {"sasl_username", "ssl_ca_location"},  # per component; from kafka.tls
+            "S3": {"ca_bundle"},  # from s3.tls
+            "ITERATION": {"abort_file"},  # the embedded stack's alarm; a cluster's services restart instead
+        }.get(section, set())
         for field in set(cls.model_fields) - secret_fields(cls) - nulls - derived:
             if (section, field) not in rendered_fields | FROM_SECRETS:
                 missing.append(f"{key}.{_camel(field)}")
@@ -344,12 +308,23 @@ def test_schema_rejects_bad_values(chart: Path, setting: str, error: str) -> Non
 
 def test_validate_values_fails_once_with_every_error(chart: Path) -> None:
     result = helm(
-        "template", "rel", str(chart),
-        "--set", "kafka.securityProtocol=SASL_SSL", "--set", "launcher.gpusPerNode=2",
-        "--set", "launcher.nprocPerNode=4", "--set", "images.judge.tag=latest",
-        "--set", "policyServer.policyUri=", "--set", "feedback.ingress.enabled=true",
+        "template",
+        "rel",
+        str(chart),
+        "--set",
+        "kafka.securityProtocol=SASL_SSL",
+        "--set",
+        "launcher.gpusPerNode=2",
+        "--set",
+        "launcher.nprocPerNode=4",
+        "--set",
+        "images.judge.tag=latest",
+        "--set",
+        "policyServer.policyUri=",
+        "--set",
+        "feedback.ingress.enabled=true",
         check=False,
-    )  # fmt: skip
+    )
     assert result.returncode != 0
     assert result.stderr.count("VALUES VALIDATION ERRORS") == 1
     for expected in (
@@ -360,24 +335,6 @@ def test_validate_values_fails_once_with_every_error(chart: Path) -> None:
         "feedback.ingress.host: set the host name",
     ):
         assert expected in result.stderr
-
-
-def test_missing_compiled_pipeline_fails_with_the_fix(tmp_path: Path) -> None:
-    copy = tmp_path / "cutalign"
-    shutil.copytree(CHART, copy)
-    (copy / "files" / "online_iteration.yaml").unlink(missing_ok=True)
-    result = helm("template", "rel", str(copy), "-f", str(copy / "ci" / "minimal-values.yaml"), check=False)
-    assert result.returncode != 0 and "run `make pipelines`" in result.stderr
-    render(copy, "-f", str(copy / "ci" / "minimal-values.yaml"), "--set", "pipeline.upload.enabled=false")
-
-
-def test_chart_pipeline_copy_is_not_stale() -> None:
-    shipped = CHART / "files" / "online_iteration.yaml"
-    if not (shipped.exists() and COMPILED_PIPELINE.exists()):
-        pytest.skip("no compiled pipeline in the chart yet (`make pipelines` copies it there)")
-    assert shipped.read_bytes() == COMPILED_PIPELINE.read_bytes(), (
-        "run `make pipelines`: the chart's copy is stale"
-    )
 
 
 @cache
@@ -444,14 +401,36 @@ def test_services_are_probed_and_roll_on_config_change(
                 assert re.fullmatch(r"[a-f0-9]{64}", template["metadata"]["annotations"]["checksum/config"])
 
 
-def test_config_checksum_changes_with_the_settings(chart: Path) -> None:
-    def checksum(*args: str) -> str:
-        generator = find(
-            render(chart, "-f", str(chart / "ci" / "minimal-values.yaml"), *args), "Deployment", "-generator"
-        )
-        return str(generator["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+def test_each_component_rolls_only_when_its_own_settings_change(chart: Path) -> None:
+    """One ConfigMap and checksum per component: a run-level knob rolls no service, a generator knob not the
+    policy server, a shared Kafka setting every Kafka client."""
 
-    assert checksum() != checksum("--set", "kafka.bootstrapServers=other:9092")
+    def checksums(*args: str) -> dict[str, str]:
+        objs = render(chart, "-f", str(chart / "ci" / "minimal-values.yaml"), *args)
+        return {
+            o["metadata"]["name"].removeprefix("rel-cutalign-"): o["spec"]["template"]["metadata"][
+                "annotations"
+            ]["checksum/config"]
+            for o in objs
+            if o["kind"] == "Deployment"
+        }
+
+    base = checksums()
+    assert set(base) == {"generator", "judge", "target-builder", "feedback", "policy"}
+
+    def rolled(*args: str) -> set[str]:
+        return {name for name, value in checksums(*args).items() if value != base[name]}
+
+    assert rolled("--set", "trainer.epochs=2", "--set", "iteration.minCount=5") == set()
+    assert rolled("--set", "launcher.gpusPerNode=4") == set()
+    assert rolled("--set", "generator.batchSize=8") == {"generator"}
+    assert rolled("--set", "builder.shardMaxExamples=10") == {"target-builder"}
+    assert rolled("--set", "kafka.bootstrapServers=other:9092") == {
+        "generator",
+        "judge",
+        "target-builder",
+        "feedback",
+    }
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -487,9 +466,9 @@ def test_production_schedules_gpus_and_strimzi_topics(rendered: dict[str, list[d
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "prod"
         assert topic["metadata"]["namespace"] == "kafka"
         assert (topic["spec"]["partitions"], topic["spec"]["replicas"]) == (12, 3)
-    config_env = find(objs, "ConfigMap", "-config")["data"]
-    assert config_env["CUTALIGN_S3_ENDPOINT"] == f"minio.{NAMESPACE}.svc.cluster.local:443"  # the tenant's
-    assert config_env["CUTALIGN_POLICY_BACKEND"] == "tgi"
+    env = config_env(objs, "generator")
+    assert env["CUTALIGN_S3_ENDPOINT"] == f"minio.{NAMESPACE}.svc.cluster.local:443"  # the tenant's
+    assert env["CUTALIGN_POLICY_BACKEND"] == "tgi"
 
 
 def test_kserve_profile_serves_policy_and_judge_as_inference_services(
@@ -504,28 +483,47 @@ def test_kserve_profile_serves_policy_and_judge_as_inference_services(
     assert predictor["labels"]["app.kubernetes.io/component"] == "policy"  # the NetworkPolicy selects it
     judge = find(objs, "InferenceService", "-judge-model")["spec"]["predictor"]["containers"][0]
     assert judge["command"] == ["python", "-m", "cutalign.judging.kserve_model"]
-    env = find(objs, "ConfigMap", "-config")["data"]
+    env = config_env(objs, "generator")
     assert env["CUTALIGN_POLICY_URL"] == f"http://rel-cutalign-policy-predictor.{NAMESPACE}.svc.cluster.local"
 
 
-def test_pipeline_upload_hook_and_run_permissions(
-    chart: Path, rendered: dict[str, list[dict[str, Any]]]
+def test_pipeline_upload_never_blocks_an_install_and_runs_may_submit_jobs(
+    rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     objs = rendered["minimal"]
-    job = find(objs, "Job", "-pipeline-upload")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    job = find(objs, "Job", "")
+    assert "helm.sh/hook" not in job["metadata"].get(
+        "annotations", {}
+    )  # a plain Job: KFP down fails no install
+    assert re.fullmatch(r"rel-cutalign-pipeline-upload-[0-9a-f]{10}", job["metadata"]["name"])
+    spec = job["spec"]
+    assert spec["backoffLimit"] >= 3 and spec["activeDeadlineSeconds"] > 0
+    pod = spec["template"]
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"  # no hang under Istio
+    command = pod["spec"]["containers"][0]["command"]
     assert command[:3] == ["python", "-m", "cutalign.k8s.pipeline_upload"]
-    shipped = find(objs, "ConfigMap", "-pipeline")["data"]["online_iteration.yaml"]
-    assert shipped.strip() == (chart / "files" / "online_iteration.yaml").read_text().strip()
+    assert "--wiring=/pipeline/wiring.json" in command
+    wiring = PipelineWiring.model_validate_json(
+        find(objs, "ConfigMap", "-pipeline-upload")["data"]["wiring.json"]
+    )
+    assert wiring.config_map == "rel-cutalign-pipeline-config"
     rules = find(objs, "Role", "-pipeline")["rules"]
     may = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     for resource in (("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs")):
-        assert {"create", "get", "watch", "delete"} <= may[resource]
+        assert {"create", "get", "list", "watch", "delete"} <= may[resource]
     binding = find(objs, "RoleBinding", "-pipeline")
     assert binding["subjects"][0]["name"] == "rel-cutalign-pipeline"
     production = find(rendered["production"], "RoleBinding", "-pipeline")
     assert production["subjects"][0]["name"] == "default-editor"
+
+
+def test_a_changed_pipeline_gets_a_new_upload_job(chart: Path) -> None:
+    def upload_job(*args: str) -> str:
+        objs = render(chart, "-f", str(chart / "ci" / "minimal-values.yaml"), *args)
+        return str(find(objs, "Job", "")["metadata"]["name"])
+
+    assert upload_job() == upload_job("--set", "generator.batchSize=8")  # the pipeline did not change
+    assert upload_job() != upload_job("--set", "launcher.gpusPerNode=2")  # a Job's template is immutable
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -553,6 +551,17 @@ def _pod_labels(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, str
 
 def test_rendered_env_names_are_json_safe(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """List/dict settings travel as JSON, which pydantic-settings decodes (tolerations, labels)."""
-    env = find(rendered["production"], "ConfigMap", "-config")["data"]
+    env = config_env(rendered["production"])
     assert json.loads(env["CUTALIGN_LAUNCHER_TOLERATIONS"])[0]["key"] == "nvidia.com/gpu"
     assert json.loads(env["CUTALIGN_LAUNCHER_POD_LABELS"])["app.kubernetes.io/component"] == "trainer"
+
+
+def test_chart_readme_parameter_table_is_generated_from_values() -> None:
+    """`make chart-docs` writes it; a new or changed `## @param` without regenerating fails here."""
+    from cutalign.k8s.chart_docs import main, parameter_table
+
+    assert main([str(CHART), "--check"]) == 0, "stale chart README parameters: run `make chart-docs`"
+    table = parameter_table((CHART / "values.yaml").read_text())
+    assert "| `kafka.strimzi.users.enabled` |" in table and "### Kafka (`CUTALIGN_KAFKA_*`)" in table
+    documented = re.findall(r"^\s*## @param (\S+)", (CHART / "values.yaml").read_text(), flags=re.M)
+    assert table.count("\n| `") == len(documented)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,8 +21,10 @@ from typer.testing import CliRunner
 
 from cutalign.cli.main import app
 from cutalign.config import LauncherSettings, S3Settings, Toleration, TrainerSettings
-from cutalign.k8s.pipeline_upload import check_pipeline_file, upload, version_name
+from cutalign.k8s import release_check
+from cutalign.k8s.pipeline_upload import check_pipeline_file, schedule, upload, version_name
 from cutalign.k8s.pytorchjob import build_pytorchjob
+from cutalign.k8s.release_check import missing_version
 from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import CrdCatalog, ManifestInvalid, shipped_crd_dir
 
@@ -63,20 +66,31 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 def test_shipped_crds_are_the_vendored_versions(catalog: CrdCatalog) -> None:
     found = {(v.kind, v.api_version): v.origin for v in catalog.versions()}
-    assert found == {
-        ("PyTorchJob", "kubeflow.org/v1"): "controller-gen v0.16.5",
-        ("InferenceService", "serving.kserve.io/v1beta1"): "controller-gen v0.19.0",
-        ("KafkaTopic", "kafka.strimzi.io/v1beta2"): found[("KafkaTopic", "kafka.strimzi.io/v1beta2")],
-        ("TrainJob", "trainer.kubeflow.org/v1alpha1"): found[("TrainJob", "trainer.kubeflow.org/v1alpha1")],
-        ("Tenant", "minio.min.io/v2"): found[("Tenant", "minio.min.io/v2")],
+    served = {
+        ("PyTorchJob", "kubeflow.org/v1"),
+        ("InferenceService", "serving.kserve.io/v1beta1"),
+        ("TrainJob", "trainer.kubeflow.org/v1alpha1"),
+        ("Tenant", "minio.min.io/v2"),
+        ("PodMonitor", "monitoring.coreos.com/v1"),
+        ("ServiceMonitor", "monitoring.coreos.com/v1"),
+        ("PrometheusRule", "monitoring.coreos.com/v1"),
+        *((kind, f"kafka.strimzi.io/{v}") for kind in ("KafkaTopic", "KafkaUser") for v in ("v1", "v1beta2")),
     }
-    for kind in ("KafkaTopic", "TrainJob", "Tenant"):
+    assert served <= set(found)
+    assert found[("PyTorchJob", "kubeflow.org/v1")] == "controller-gen v0.16.5"
+    assert found[("InferenceService", "serving.kserve.io/v1beta1")] == "controller-gen v0.19.0"
+    assert found[("PodMonitor", "monitoring.coreos.com/v1")] == "controller-gen v0.21.0"
+    for kind in ("TrainJob", "Tenant"):
         assert next(o for (k, _), o in found.items() if k == kind).startswith("hand-written"), kind
     # The vendored files are the upstream bytes recorded in crds/README.md.
     readme = (shipped_crd_dir() / "README.md").read_text()
-    for name in ("kubeflow.org_pytorchjobs.yaml", "serving.kserve.io_inferenceservices.yaml"):
-        digest = hashlib.sha256((shipped_crd_dir() / name).read_bytes()).hexdigest()
-        assert digest in readme, f"{name} differs from the vendored upstream file recorded in crds/README.md"
+    for path in shipped_crd_dir().glob("*.yaml"):
+        if path.name.startswith(("trainer.", "minio.")):
+            continue  # hand-written
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest in readme, (
+            f"{path.name} differs from the vendored upstream file recorded in crds/README.md"
+        )
 
 
 def test_pytorchjob_built_in_code_is_valid_against_training_operator_crd(
@@ -317,26 +331,60 @@ class FakeKfpClient:
     def __init__(self) -> None:
         self.pipelines: dict[str, str] = {}
         self.versions: dict[str, list[str]] = {}
+        self.recurring: dict[str, SimpleNamespace] = {}
 
     def get_pipeline_id(self, name: str) -> str | None:
         return self.pipelines.get(name)
 
-    def upload_pipeline(self, pipeline_package_path: str, pipeline_name: str | None = None,
-                        description: str | None = None) -> None:  # fmt: skip
+    def upload_pipeline(
+        self, pipeline_package_path: str, pipeline_name: str | None = None, description: str | None = None
+    ) -> None:
         assert pipeline_name is not None
         self.pipelines[pipeline_name] = f"id-{pipeline_name}"
         self.versions[f"id-{pipeline_name}"] = [pipeline_name]
 
-    def upload_pipeline_version(self, pipeline_package_path: str, pipeline_version_name: str,
-                                pipeline_id: str | None = None) -> None:  # fmt: skip
+    def upload_pipeline_version(
+        self, pipeline_package_path: str, pipeline_version_name: str, pipeline_id: str | None = None
+    ) -> SimpleNamespace:
         assert pipeline_id is not None
         self.versions[pipeline_id].append(pipeline_version_name)
+        return SimpleNamespace(pipeline_version_id=f"vid-{pipeline_version_name}")
 
-    def list_pipeline_versions(self, pipeline_id: str, page_token: str = "", page_size: int = 10,
-                               sort_by: str = "", filter: str | None = None) -> SimpleNamespace:  # fmt: skip
+    def list_pipeline_versions(
+        self,
+        pipeline_id: str,
+        page_token: str = "",
+        page_size: int = 10,
+        sort_by: str = "",
+        filter: str | None = None,
+    ) -> SimpleNamespace:
+        wanted = json.loads(filter or "{}")["predicates"][0]["string_value"]
+        found = [
+            SimpleNamespace(pipeline_version_id=f"vid-{v}") for v in self.versions[pipeline_id] if v == wanted
+        ]
+        return SimpleNamespace(pipeline_versions=found or None)
+
+    def create_experiment(
+        self, name: str, description: str | None = None, namespace: str | None = None
+    ) -> Any:
+        return SimpleNamespace(experiment_id=f"exp-{name}")
+
+    def list_recurring_runs(self, *, experiment_id: str | None = None, filter: str | None = None) -> Any:
         wanted = json.loads(filter or "{}")["predicates"][0]["string_value"]
         return SimpleNamespace(
-            pipeline_versions=[v for v in self.versions[pipeline_id] if v == wanted] or None
+            recurring_runs=[r for r in self.recurring.values() if r.display_name == wanted] or None
+        )
+
+    def delete_recurring_run(self, recurring_run_id: str) -> None:
+        del self.recurring[recurring_run_id]
+
+    def create_recurring_run(self, experiment_id: str, job_name: str, **options: Any) -> None:
+        run_id = f"rr-{len(self.recurring) + 1}-{options['version_id']}"
+        self.recurring[run_id] = SimpleNamespace(
+            recurring_run_id=run_id,
+            display_name=job_name,
+            pipeline_version_reference=SimpleNamespace(pipeline_version_id=options["version_id"]),
+            options=options,
         )
 
 
@@ -344,20 +392,68 @@ def test_pipeline_upload_is_idempotent_with_fake_kfp_client(tmp_path: Path) -> N
     path = _compiled_pipeline(tmp_path / "online_iteration.yaml")
     check_pipeline_file(path)
     client = FakeKfpClient()
-    assert (
-        upload(client, path, "cutalign-online-iteration", "d")
-        == "created pipeline 'cutalign-online-iteration'"
-    )
-    assert upload(client, path, "cutalign-online-iteration", "d").startswith("added version 'sha256-")
-    assert upload(client, path, "cutalign-online-iteration", "d").endswith("nothing uploaded")
-    assert client.versions["id-cutalign-online-iteration"] == [
-        "cutalign-online-iteration",
-        version_name(path),
+    version = version_name(path)
+    name = "cutalign-online-iteration"
+    assert upload(client, path, name, "d").message == f"created pipeline {name!r} version {version!r}"
+    again = upload(client, path, name, "d")
+    assert again.message.endswith("nothing uploaded") and again.version_id == f"vid-{version}"
+    # the release's version is findable by its name from the first install on (helm test looks it up)
+    assert client.versions[f"id-{name}"] == [name, version]
+    assert missing_version(client, name, version) is None
+    assert "has no version 'sha256-0'" in str(missing_version(client, name, "sha256-0"))
+    assert "KFP has no pipeline 'other'" in str(missing_version(client, "other", version))
+
+
+def test_one_recurring_run_follows_the_newest_release_version(tmp_path: Path) -> None:
+    """The online loop with no one in it: each upgrade that changes the pipeline re-points the schedule."""
+    client = FakeKfpClient()
+    first = upload(client, _compiled_pipeline(tmp_path / "a.yaml"), "p", "d")
+    options = {"experiment": "cutalign", "name": "loop", "cron": "0 0 * * * *", "service_account": "runner"}
+    assert "now runs the new version (replaced 0)" in schedule(client, first, **options)
+    assert schedule(client, first, **options).endswith("already runs this version")
+    (run,) = client.recurring.values()
+    assert run.options | {"pipeline_id": "id-p"} == {
+        "cron_expression": "0 0 * * * *",
+        "max_concurrency": 1,  # one iteration at a time
+        "no_catchup": True,
+        "pipeline_id": "id-p",
+        "version_id": first.version_id,
+        "enable_caching": False,
+        "service_account": "runner",
+    }
+    (tmp_path / "b.yaml").write_text((tmp_path / "a.yaml").read_text() + "\n# changed\n")
+    second = upload(client, tmp_path / "b.yaml", "p", "d")
+    assert "(replaced 1)" in schedule(client, second, **options)
+    assert [r.pipeline_version_reference.pipeline_version_id for r in client.recurring.values()] == [
+        second.version_id
     ]
 
 
+def test_release_check_reports_every_service_that_is_not_ready(tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path == "/readyz" else 503)
+            self.end_headers()
+            self.wfile.write(b"not yet")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert release_check.main(["--ready", f"{base}/readyz"]) == 0
+        assert release_check.main(["--ready", f"{base}/readyz", "--ready", f"{base}/other"]) == 1
+        assert "HTTP 503 not yet" in str(release_check.not_ready(f"{base}/other", 5))
+    finally:
+        server.shutdown()
+
+
 def test_pipeline_upload_refuses_files_that_are_not_compiled_pipelines(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="make pipelines"):
+    with pytest.raises(FileNotFoundError, match="cutalign.pipelines.compile"):
         check_pipeline_file(tmp_path / "online_iteration.yaml")
     other = tmp_path / "other.yaml"
     other.write_text("apiVersion: v1\nkind: ConfigMap\n")

@@ -1,6 +1,7 @@
 """The cluster training step (PyTorchJob / TrainJob) against a FAKE Kubernetes API (no API server runs here).
 
-The fake stands in only for the API server's custom-objects endpoints (create, get with a scripted status);
+The fake stands in only for the API server's custom-objects endpoints (create, get with a scripted status,
+list by label selector, delete);
 everything else is real: the job is built by ``cutalign.k8s``, validated against the shipped CRD schemas, and
 the outputs are read back from the real S3 store.
 """
@@ -15,7 +16,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from cutalign.config import LauncherSettings, TrainerSettings
-from cutalign.iteration.cluster import TrainingJobFailed, job_name, train_on_cluster
+from cutalign.iteration.cluster import TrainingJobFailed, delete_unfinished_jobs, job_name, train_on_cluster
 from cutalign.k8s.validate import CrdCatalog
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import checkpoint_prefix, metrics_key, model_prefix
@@ -31,6 +32,7 @@ class FakeCustomObjectsApi:
         self.statuses = statuses
         self.exists = exists
         self.created: list[tuple[str, str, str, str, dict[str, Any]]] = []
+        self.deleted: list[tuple[str, str]] = []  # (plural, name)
         self.gets = 0
 
     def create_namespaced_custom_object(
@@ -48,6 +50,22 @@ class FakeCustomObjectsApi:
         status = self.statuses[min(self.gets, len(self.statuses) - 1)]
         self.gets += 1
         return {"metadata": {"name": name, "namespace": namespace}, "status": status}
+
+    def list_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, *, label_selector: str
+    ) -> dict[str, Any]:
+        key, _, value = label_selector.partition("=")
+        items = [
+            {**body, "status": self.statuses[min(self.gets, len(self.statuses) - 1)]}
+            for (_, _, ns, p, body) in self.created
+            if ns == namespace and p == plural and body["metadata"]["labels"].get(key) == value
+        ]
+        return {"items": items}
+
+    def delete_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> None:
+        self.deleted.append((plural, name))
 
 
 def condition(kind: str, status: str = "True", reason: str = "", message: str = "") -> dict[str, Any]:
@@ -77,6 +95,8 @@ def run_step(
     api: FakeCustomObjectsApi,
     catalog: CrdCatalog,
     backend: str = "pytorchjob",
+    attempt: str = "",
+    sleep: Any = lambda _: None,
     **launcher: Any,
 ) -> Any:
     return train_on_cluster(
@@ -89,8 +109,9 @@ def run_step(
         launcher=LauncherSettings(backend=backend, namespace="ml", gpus_per_node=2, **launcher),
         poll_interval_s=0.0,
         timeout_s=60,
-        sleep=lambda _: None,
+        sleep=sleep,
         catalog=catalog,
+        attempt=attempt,
     )
 
 
@@ -155,7 +176,9 @@ def test_fake_k8s_api_retried_step_adopts_the_existing_job(store: ArtifactStore,
     assert len(api.created) == 1 and trained.steps == 1
 
 
-def test_fake_k8s_api_job_not_finished_in_time_raises(store: ArtifactStore, catalog: CrdCatalog) -> None:
+def test_fake_k8s_api_job_not_finished_in_time_raises_and_is_deleted(
+    store: ArtifactStore, catalog: CrdCatalog
+) -> None:
     api = FakeCustomObjectsApi([RUNNING])
     with pytest.raises(TrainingJobFailed, match="did not finish within 0s"):
         train_on_cluster(
@@ -171,3 +194,53 @@ def test_fake_k8s_api_job_not_finished_in_time_raises(store: ArtifactStore, cata
             sleep=lambda _: None,
             catalog=catalog,
         )
+    assert api.deleted == [("pytorchjobs", "cut-it-0003")]  # no GPU job outlives its step
+
+
+def test_fake_k8s_api_each_pipeline_run_gets_its_own_job_and_checkpoints(
+    store: ArtifactStore, catalog: CrdCatalog
+) -> None:
+    """A new KFP run of an iteration must not adopt the previous run's job or resume its checkpoints."""
+    names, checkpoints = [], []
+    for attempt in ("0f1e2d3c-aaaa-bbbb-cccc-000000000001", "9a8b7c6d-aaaa-bbbb-cccc-000000000002"):
+        api = FakeCustomObjectsApi([condition("Succeeded")])
+        run_step(store, api, catalog, attempt=attempt)
+        job = api.created[0][4]
+        assert job["metadata"]["labels"]["cutalign.io/attempt"] == attempt
+        assert job["metadata"]["labels"]["cutalign.io/iteration"] == "3"
+        names.append(job["metadata"]["name"])
+        args = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+        checkpoints.append(args[args.index("--checkpoints") + 1])
+    assert names == ["cut-it-0003-0f1e2d3c", "cut-it-0003-9a8b7c6d"]
+    assert checkpoints[0] != checkpoints[1]
+    assert checkpoints[0] == store.uri(
+        checkpoint_prefix(3, f"cut-{'0f1e2d3c-aaaa-bbbb-cccc-000000000001'}")
+    ).rstrip("/")
+
+
+def test_fake_k8s_api_interrupted_step_deletes_its_running_job(
+    store: ArtifactStore, catalog: CrdCatalog
+) -> None:
+    """SIGTERM (a cancelled run) raises SystemExit inside the wait: the running job is deleted."""
+
+    def interrupted(_: float) -> None:
+        raise SystemExit(143)
+
+    api = FakeCustomObjectsApi([RUNNING])
+    with pytest.raises(SystemExit):
+        run_step(store, api, catalog, attempt="1234", sleep=interrupted)
+    assert api.deleted == [("pytorchjobs", "cut-it-0003-1234")]
+
+
+@pytest.mark.parametrize(
+    ("status", "deleted"), [(RUNNING, True), (condition("Succeeded"), False), (condition("Failed"), False)]
+)
+def test_fake_k8s_api_exit_handler_deletes_only_unfinished_jobs_of_its_run(
+    store: ArtifactStore, catalog: CrdCatalog, status: dict[str, Any], deleted: bool
+) -> None:
+    api = FakeCustomObjectsApi([condition("Succeeded")])
+    run_step(store, api, catalog, attempt="run-a")
+    run_step(store, api, catalog, attempt="run-b")
+    api.statuses, api.gets = [status], 0
+    assert delete_unfinished_jobs(api, "ml", "run-a") == (["cut-it-0003-run-a"] if deleted else [])
+    assert api.deleted == ([("pytorchjobs", "cut-it-0003-run-a")] if deleted else [])  # run-b untouched

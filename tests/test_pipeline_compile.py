@@ -1,4 +1,5 @@
-"""The KFP v2 pipeline compiles to the IR we mean: components, parameters, artifact types, gate, image."""
+"""The KFP v2 pipeline compiles to the IR we mean: components, parameters, artifact types, gate, exit handler,
+and the cluster wiring (ConfigMap env, Secrets, CA bundles, resources, placement) of each task."""
 
 from __future__ import annotations
 
@@ -10,34 +11,53 @@ from typing import Any
 import pytest
 import yaml
 
-from cutalign.config import TrainerSettings
+from cutalign.config import LauncherSettings, Toleration, TrainerSettings
 from cutalign.pipelines.compile import FILENAME, compile_pipeline
 from cutalign.pipelines.driver import parse_params
-from cutalign.pipelines.online_iteration import CONFIG_KEYS, IMAGE, PIPELINE_NAME
+from cutalign.pipelines.online_iteration import PIPELINE_NAME
+from cutalign.pipelines.wiring import (
+    IMAGE,
+    MountedBundle,
+    PipelineWiring,
+    SecretEnv,
+    TaskResources,
+    config_keys,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
+    "plan-iteration",
     "publish-prompts",
     "wait-for-judging",
     "seal-iteration",
     "train-policy",
     "evaluate-policy",
     "promote-policy",
+    "release-training-jobs",
 ]
+RUN_ID = "{{$.pipeline_job_uuid}}"
+
+
+def load_ir(path: Path) -> dict[str, Any]:
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 2  # the pipeline spec, then the kubernetes platform spec
+    return {"spec": docs[0], "platform": docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]}
 
 
 @pytest.fixture(scope="module")
 def ir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    path = compile_pipeline(tmp_path_factory.mktemp("compiled"))
-    docs = list(yaml.safe_load_all(path.read_text()))
-    assert len(docs) == 2  # the pipeline spec, then the kubernetes platform spec
-    return {"spec": docs[0], "platform": docs[1]}
+    return load_ir(compile_pipeline(tmp_path_factory.mktemp("compiled")))
+
+
+def tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of every DAG (root, exit handler, condition), by name."""
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()}
 
 
 def test_every_step_is_a_component_on_the_project_image_without_runtime_installs(ir: dict[str, Any]) -> None:
     spec = ir["spec"]
     assert spec["pipelineInfo"]["name"] == PIPELINE_NAME
-    assert {f"comp-{s}" for s in STEPS} <= set(spec["components"])
     executors = spec["deploymentSpec"]["executors"]
     assert set(executors) == {f"exec-{s}" for s in STEPS}
     for executor in executors.values():
@@ -52,17 +72,16 @@ def test_the_image_is_the_charts_pinned_trainer_image() -> None:
     assert f"{trainer['repository']}:{trainer['tag']}" == IMAGE
 
 
-def test_parameters_and_defaults(ir: dict[str, Any]) -> None:
+def test_parameters_default_to_the_next_iteration_on_the_cluster(ir: dict[str, Any]) -> None:
     params = ir["spec"]["root"]["inputDefinitions"]["parameters"]
-    types = {name: p["parameterType"] for name, p in params.items()}
-    assert {n: types[n] for n in ("iteration", "prompts_uri", "eval_uri", "policy_uri")} == {
-        "iteration": "NUMBER_INTEGER",
-        "prompts_uri": "STRING",
-        "eval_uri": "STRING",
-        "policy_uri": "STRING",
+    defaults = {name: p.get("defaultValue") for name, p in params.items()}
+    # 'next' mode: a run with every default (a recurring run) derives iteration, prompts and policy
+    assert {n: defaults[n] for n in ("iteration", "prompts_uri", "policy_uri", "prompt_pool_uri")} == {
+        "iteration": 0,
+        "prompts_uri": "",
+        "policy_uri": "",
+        "prompt_pool_uri": "",
     }
-    for required in ("iteration", "prompts_uri", "eval_uri", "policy_uri"):
-        assert "defaultValue" not in params[required] and not params[required].get("isOptional")
     expected = {
         "threshold": "NUMBER_DOUBLE",
         "unlikelihood_weight": "NUMBER_DOUBLE",
@@ -76,9 +95,11 @@ def test_parameters_and_defaults(ir: dict[str, Any]) -> None:
         "builder_url": "STRING",
         "policy_admin_url": "STRING",
         "gate_tolerance": "NUMBER_DOUBLE",
+        "iteration": "NUMBER_INTEGER",
+        "prompts_per_iteration": "NUMBER_INTEGER",
     }
-    assert {n: types[n] for n in expected} == expected
-    # the training defaults are the trainer's own defaults (one source of truth for λ, α, LoRA, lr)
+    assert {n: params[n]["parameterType"] for n in expected} == expected
+    # the training defaults are the trainer's and launcher's own (one source of truth for λ, α, LoRA, lr)
     trainer = TrainerSettings()
     for name in (
         "threshold",
@@ -89,8 +110,8 @@ def test_parameters_and_defaults(ir: dict[str, Any]) -> None:
         "lora_alpha",
         "learning_rate",
     ):
-        assert params[name]["defaultValue"] == getattr(trainer, name), name
-    assert params["launcher"]["defaultValue"] == "local"
+        assert defaults[name] == getattr(trainer, name), name
+    assert (defaults["launcher"], defaults["gpus"]) == ("pytorchjob", LauncherSettings().gpus_per_node)
 
 
 def test_artifacts_have_the_kfp_types(ir: dict[str, Any]) -> None:
@@ -110,38 +131,137 @@ def test_artifacts_have_the_kfp_types(ir: dict[str, Any]) -> None:
     assert {n: p["parameterType"] for n, p in outputs.items()} == {"Output": "BOOLEAN"}  # the verdict
 
 
-def test_promotion_runs_only_inside_the_gate_condition(ir: dict[str, Any]) -> None:
-    root_tasks = ir["spec"]["root"]["dag"]["tasks"]
-    assert "promote-policy" not in root_tasks
-    (condition_name,) = [n for n, t in root_tasks.items() if t.get("triggerPolicy")]
-    trigger = root_tasks[condition_name]["triggerPolicy"]["condition"]
+def test_every_step_runs_on_the_planned_iteration_and_promotion_only_inside_the_gate(
+    ir: dict[str, Any],
+) -> None:
+    all_tasks = tasks(ir["spec"])
+    for step in ("publish-prompts", "wait-for-judging", "seal-iteration", "train-policy", "evaluate-policy"):
+        source = all_tasks[step]["inputs"]["parameters"]["iteration"]["taskOutputParameter"]
+        assert source == {"outputParameterKey": "iteration", "producerTask": "plan-iteration"}, step
+    (condition,) = [t for t in all_tasks.values() if t.get("triggerPolicy", {}).get("condition")]
+    trigger = condition["triggerPolicy"]["condition"]
     assert "evaluate-policy-Output" in trigger and trigger.endswith("== true")
-    assert "evaluate-policy" in root_tasks[condition_name]["dependentTasks"]
-    inner = ir["spec"]["components"][root_tasks[condition_name]["componentRef"]["name"]]["dag"]["tasks"]
+    inner = ir["spec"]["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     assert set(inner) == {"promote-policy"}
-    assert root_tasks["seal-iteration"]["dependentTasks"] == ["wait-for-judging"]
+    assert "wait-for-judging" in all_tasks["seal-iteration"]["dependentTasks"]
+
+
+def test_an_exit_handler_releases_the_runs_training_jobs_and_jobs_carry_the_run_id(
+    ir: dict[str, Any],
+) -> None:
+    root = ir["spec"]["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "release-training-jobs"}
+    release = root["release-training-jobs"]
+    assert release["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # also after a failure
+    inputs = release["inputs"]["parameters"]
+    assert inputs["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert inputs["attempt"]["runtimeValue"]["constant"] == RUN_ID
+    train = tasks(ir["spec"])["train-policy"]["inputs"]["parameters"]
+    assert train["attempt"]["runtimeValue"]["constant"] == RUN_ID
 
 
 def test_tasks_are_uncached_and_read_settings_from_the_release_on_a_cluster(ir: dict[str, Any]) -> None:
-    for task in ir["spec"]["root"]["dag"]["tasks"].values():
-        if "componentRef" in task and not task.get("triggerPolicy"):
-            assert task["cachingOptions"] == {}, (
-                task
-            )  # enableCache false is the proto default: an empty message
-    executors = ir["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, task in tasks(ir["spec"]).items():
+        if "componentRef" in task and name in STEPS:
+            assert task["cachingOptions"] == {}, name  # enableCache false is the proto default: empty
+    executors = ir["platform"]
     assert set(executors) == {f"exec-{s}" for s in STEPS}
-    for config in executors.values():
-        (config_map,) = config["configMapAsEnv"]
-        assert config_map["optional"] is True
-        assert [k["envVar"] for k in config_map["keyToEnv"]] == CONFIG_KEYS
-        (secret,) = config["secretAsEnv"]
-        assert {k["envVar"] for k in secret["keyToEnv"]} == {
-            "CUTALIGN_S3_ACCESS_KEY",
-            "CUTALIGN_S3_SECRET_KEY",
+    for name, executor in executors.items():
+        (config_map,) = executor["configMapAsEnv"]
+        assert config_map["optional"] is True and config_map["configMapName"] == "cutalign-pipeline-config"
+        assert [k["envVar"] for k in config_map["keyToEnv"]] == config_keys()
+        secrets = {e["envVar"] for s in executor.get("secretAsEnv", []) for e in s["keyToEnv"]}
+        expected = (
+            set()
+            if name == "exec-release-training-jobs"
+            else {"CUTALIGN_S3_ACCESS_KEY", "CUTALIGN_S3_SECRET_KEY"}
+        )
+        assert secrets == expected, name
+    assert "CUTALIGN_KAFKA_SASL_PASSWORD" not in {k for k in config_keys()}  # secrets never from a ConfigMap
+    assert {"CUTALIGN_KAFKA_SSL_CA_LOCATION", "CUTALIGN_S3_CA_BUNDLE", "CUTALIGN_LAUNCHER_NAMESPACE"} <= set(
+        config_keys()
+    )
+
+
+def test_the_wiring_reaches_each_task(tmp_path: Path) -> None:
+    """Secrets (renamed keys), CA bundles, resources, placement and defaults, each where it is used."""
+    gpu_toleration = Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    wiring = PipelineWiring(
+        image="registry.example.com/cutalign@sha256:" + "a" * 64,
+        image_pull_secrets=["regcred"],
+        config_map="rel-pipeline-config",
+        s3=SecretEnv(
+            secret="minio-user", keys={"AK": "CUTALIGN_S3_ACCESS_KEY", "SK": "CUTALIGN_S3_SECRET_KEY"}
+        ),
+        kafka=SecretEnv(secret="rel-pipeline", keys={"password": "CUTALIGN_KAFKA_SASL_PASSWORD"}),
+        judge=SecretEnv(secret="llm", keys={"token": "CUTALIGN_JUDGE_LLM_API_TOKEN"}),
+        policy_admin=SecretEnv(secret="admin", keys={"admin-token": "CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN"}),
+        kafka_ca=MountedBundle(
+            kind="secret", name="prod-cluster-ca-cert", mount_path="/etc/cutalign/ca/kafka"
+        ),
+        s3_ca=MountedBundle(kind="configMap", name="kube-root-ca.crt", mount_path="/etc/cutalign/ca/s3"),
+        pod_labels={"app.kubernetes.io/component": "pipeline"},
+        pod_annotations={"sidecar.istio.io/inject": "false"},
+        evaluate=TaskResources(
+            cpu="8", memory="64Gi", gpus=1, node_selector={"pool": "h100"}, tolerations=[gpu_toleration]
+        ),
+        defaults={"launcher": "trainjob", "gpus": 8, "builder_url": "http://rel-target-builder:8080"},
+    )
+    ir = load_ir(compile_pipeline(tmp_path, wiring))
+    params = ir["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert (params["launcher"]["defaultValue"], params["gpus"]["defaultValue"]) == ("trainjob", 8)
+    assert params["builder_url"]["defaultValue"] == "http://rel-target-builder:8080"
+    executors = ir["platform"]
+
+    def secrets(step: str) -> dict[str, tuple[str, str]]:
+        return {
+            e["envVar"]: (s["secretName"], e["secretKey"])
+            for s in executors[f"exec-{step}"].get("secretAsEnv", [])
+            for e in s["keyToEnv"]
         }
 
+    def mounts(step: str) -> dict[str, str]:
+        e = executors[f"exec-{step}"]
+        found = {v["mountPath"]: v["secretName"] for v in e.get("secretAsVolume", [])}
+        return found | {v["mountPath"]: v["configMapName"] for v in e.get("configMapAsVolume", [])}
 
-def test_compilation_is_byte_for_byte_reproducible_and_the_committed_copies_are_fresh(tmp_path: Path) -> None:
+    s3 = {"CUTALIGN_S3_ACCESS_KEY": ("minio-user", "AK"), "CUTALIGN_S3_SECRET_KEY": ("minio-user", "SK")}
+    sasl = {"CUTALIGN_KAFKA_SASL_PASSWORD": ("rel-pipeline", "password")}
+    for step in ("publish-prompts", "wait-for-judging"):
+        assert secrets(step) == s3 | sasl, step
+        assert mounts(step) == {
+            "/etc/cutalign/ca/kafka": "prod-cluster-ca-cert",
+            "/etc/cutalign/ca/s3": "kube-root-ca.crt",
+        }
+    assert secrets("evaluate-policy") == s3 | {"CUTALIGN_JUDGE_LLM_API_TOKEN": ("llm", "token")}
+    assert secrets("promote-policy") == s3 | {
+        "CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN": ("admin", "admin-token")
+    }
+    for step in ("plan-iteration", "seal-iteration", "train-policy"):
+        assert secrets(step) == s3 and mounts(step) == {"/etc/cutalign/ca/s3": "kube-root-ca.crt"}, step
+    for step in STEPS:
+        e = executors[f"exec-{step}"]
+        assert e["podMetadata"]["labels"] == {"app.kubernetes.io/component": "pipeline"}
+        assert e["podMetadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+        assert [s["secretName"] for s in e["imagePullSecret"]] == ["regcred"]
+    evaluate = executors["exec-evaluate-policy"]
+    assert evaluate["nodeSelector"]["labels"] == {"pool": "h100"}
+    assert evaluate["tolerations"] == [
+        {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+    ]
+    resources = ir["spec"]["deploymentSpec"]["executors"]["exec-evaluate-policy"]["container"]["resources"]
+    assert (
+        resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        and resources["accelerator"]["resourceCount"] == "1"
+    )
+    assert (resources["resourceCpuRequest"], resources["resourceMemoryLimit"]) == ("8", "64Gi")
+    assert (
+        "accelerator"
+        not in ir["spec"]["deploymentSpec"]["executors"]["exec-train-policy"]["container"]["resources"]
+    )
+
+
+def test_compilation_is_byte_for_byte_reproducible_and_the_committed_copy_is_fresh(tmp_path: Path) -> None:
     outs = []
     for n in range(2):  # separate interpreters: no state (hash seeds, ids) carries over
         out = tmp_path / str(n)
@@ -153,8 +273,9 @@ def test_compilation_is_byte_for_byte_reproducible_and_the_committed_copies_are_
         )
         outs.append((out / FILENAME).read_bytes())
     assert outs[0] == outs[1]
-    assert (ROOT / "pipelines/compiled" / FILENAME).read_bytes() == outs[0], "run `make pipelines`"
-    assert (ROOT / "charts/cutalign/files" / FILENAME).read_bytes() == outs[0], "run `make pipelines`"
+    assert (ROOT / "services/cutalign/pipelines/compiled" / FILENAME).read_bytes() == outs[0], (
+        "run `make pipelines`"
+    )
 
 
 def test_driver_parameters_are_typed_like_the_pipeline() -> None:

@@ -53,7 +53,8 @@ def test_each_iteration_starts_from_the_last_promoted_policy(store: ArtifactStor
         params={"lora_r": 8, "gate_tolerance": 0.01},
     )
 
-    assert [r["policy_uri"] for r in submit.runs] == [
+    assert all(r["base_policy_uri"] == BASE and "policy_uri" not in r for r in submit.runs)  # the plan picks
+    assert [o.started_from for o in outcomes] == [
         BASE,
         "s3://bucket/iterations/0001/model",
         "s3://bucket/iterations/0001/model",  # iteration 2's gate failed: iteration 3 starts where 2 did

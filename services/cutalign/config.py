@@ -38,6 +38,11 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: str = Field("SCRAM-SHA-512", description="SASL mechanism when SASL is on.")
     sasl_username: str | None = Field(None, description="SASL user (from a Secret).")
     sasl_password: SecretStr | None = Field(None, description="SASL password (from a Secret, never logged).")
+    ssl_ca_location: str | None = Field(
+        None,
+        description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL; e.g. Strimzi's "
+        "cluster CA); None: the system trust store.",
+    )
     topic_prompts: str = Field("cutalign.prompts", description="Prompts to generate for.")
     topic_samples: str = Field("cutalign.samples", description="Generated samples to judge.")
     topic_judgments: str = Field("cutalign.judgments", description="Judgments: judge service + production.")
@@ -78,6 +83,11 @@ class S3Settings(BaseSettings):
         return self.access_key.get_secret_value(), self.secret_key.get_secret_value()
 
     secure: bool = Field(False, description="Use https.")
+    ca_bundle: str | None = Field(
+        None,
+        description="PEM file of the CA that signed the endpoint's certificate (secure; e.g. the MinIO "
+        "operator's auto-cert CA); None: the public CAs (certifi).",
+    )
     region: str = Field("us-east-1", description="Region reported to the store.")
     bucket: str = Field("cutalign", description="Bucket holding every artifact (see README layout).")
     multipart_part_size: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart part size.")
@@ -453,6 +463,12 @@ class LauncherSettings(BaseSettings):
     s3_secret: str = Field("cutalign-s3", description="Secret holding the S3 access and secret keys.")
     s3_access_key_key: str = Field("access-key", description="Key of the access key in `s3_secret`.")
     s3_secret_key_key: str = Field("secret-key", description="Key of the secret key in `s3_secret`.")
+    s3_ca_secret: str | None = Field(
+        None, description="Secret with the S3 CA bundle, mounted where `s3.ca_bundle` points (None: none)."
+    )
+    s3_ca_config_map: str | None = Field(
+        None, description="ConfigMap with the S3 CA bundle instead (e.g. kube-root-ca.crt)."
+    )
     backoff_limit: int = Field(3, ge=0, description="Pod restarts before the job is marked failed.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="Finished jobs are deleted after this.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Hard wall-clock limit of a run.")

@@ -104,9 +104,12 @@ imagePullSecrets:
 {{- end -}}
 
 {{/*
-cutalign.checksum.config: sha256 of the settings ConfigMap, as a pod annotation, so a settings change rolls the pods.
-Usage: {{- include "cutalign.checksum.config" . | nindent 8 }}
+cutalign.checksum.config: sha256 of the ConfigMap a component reads, as a pod annotation: a settings change
+rolls exactly the components that read the changed section (a trainer knob rolls no service, a generator knob
+not the GPU policy server).
+Usage: {{- include "cutalign.checksum.config" (dict "ctx" $ "component" "generator") | nindent 8 }}
 */}}
 {{- define "cutalign.checksum.config" -}}
-checksum/config: {{ include (print .Template.BasePath "/config/configmap.yaml") . | sha256sum }}
+{{- $c := include "cutalign.component" . | fromJson -}}
+checksum/config: {{ include "cutalign.config.data" (dict "ctx" .ctx "component" .component) | sha256sum }}
 {{- end -}}

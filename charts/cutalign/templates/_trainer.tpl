@@ -42,9 +42,13 @@ Usage: {{- include "cutalign.trainer.env" . | nindent 8 }}
 {{- include "cutalign.env.sectionList" (dict "section" "trainer" "values" .Values.trainer "skip" (list "resume")) }}
 - name: CUTALIGN_TRAINER_RESUME
   value: "true"
-{{- include "cutalign.env.sectionList" (dict "section" "s3" "values" .Values.s3 "skip" (list "existingSecret" "accessKeyKey" "secretKeyKey" "endpoint")) }}
+{{- include "cutalign.env.sectionList" (dict "section" "s3" "values" .Values.s3 "skip" (list "existingSecret" "accessKeyKey" "secretKeyKey" "endpoint" "tls")) }}
 - name: CUTALIGN_S3_ENDPOINT
   value: {{ include "cutalign.s3.endpoint" . | quote }}
+{{- with (include "cutalign.tls.caFile" (dict "ctx" . "store" "s3")) }}
+- name: CUTALIGN_S3_CA_BUNDLE
+  value: {{ . | quote }}
+{{- end }}
 {{ include "cutalign.env.secretRef" (dict "name" "CUTALIGN_S3_ACCESS_KEY" "secret" .Values.s3.existingSecret "key" .Values.s3.accessKeyKey) }}
 {{ include "cutalign.env.secretRef" (dict "name" "CUTALIGN_S3_SECRET_KEY" "secret" .Values.s3.existingSecret "key" .Values.s3.secretKeyKey) }}
 - name: HF_HOME
@@ -93,6 +97,7 @@ capabilities:
   emptyDir:
     medium: Memory
     sizeLimit: {{ .Values.launcher.shmSize | quote }}
+{{- include "cutalign.tls.volumes" (dict "ctx" . "component" "trainer") }}
 {{- end -}}
 
 {{- define "cutalign.trainer.volumeMounts" -}}
@@ -100,6 +105,7 @@ capabilities:
   mountPath: /tmp
 - name: dshm
   mountPath: /dev/shm
+{{- include "cutalign.tls.volumeMounts" (dict "ctx" . "component" "trainer") }}
 {{- end -}}
 
 {{/*

@@ -25,8 +25,23 @@ Usage: {{- include "cutalign.validateValues" . }}
 {{- if and (eq $v.minio.mode "tenant") (not $v.minio.tenant.configurationSecret) -}}
 {{- $errors = append $errors "minio.tenant.configurationSecret: name the Secret holding the tenant's config.env" -}}
 {{- end -}}
-{{- if and (hasPrefix "SASL" $v.kafka.securityProtocol) (not $v.kafka.existingSecret) -}}
-{{- $errors = append $errors (printf "kafka.existingSecret: securityProtocol %s needs the Secret with the SASL username and password" $v.kafka.securityProtocol) -}}
+{{- if and (hasPrefix "SASL" $v.kafka.securityProtocol) (not $v.kafka.strimzi.users.enabled) (not (and $v.kafka.existingSecret $v.kafka.saslUsername)) -}}
+{{- $errors = append $errors (printf "kafka.existingSecret: securityProtocol %s needs the Secret with the SASL password and kafka.saslUsername, or kafka.strimzi.users.enabled (a KafkaUser per component)" $v.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if and $v.kafka.strimzi.users.enabled (not $v.kafka.strimzi.enabled) -}}
+{{- $errors = append $errors "kafka.strimzi.users.enabled: needs kafka.strimzi.enabled (the KafkaUsers belong to a Strimzi cluster)" -}}
+{{- end -}}
+{{- if and $v.kafka.strimzi.users.enabled (ne $v.kafka.saslMechanism "SCRAM-SHA-512") -}}
+{{- $errors = append $errors (printf "kafka.saslMechanism: Strimzi KafkaUsers authenticate with SCRAM-SHA-512, not %s" $v.kafka.saslMechanism) -}}
+{{- end -}}
+{{- if and $v.kafka.tls.caSecret (not (hasSuffix "SSL" $v.kafka.securityProtocol)) -}}
+{{- $errors = append $errors (printf "kafka.tls.caSecret: a CA is only used with securityProtocol SSL or SASL_SSL, not %s" $v.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if and $v.s3.tls.caSecret $v.s3.tls.caConfigMap -}}
+{{- $errors = append $errors "s3.tls: set caSecret or caConfigMap, not both" -}}
+{{- end -}}
+{{- if and (eq $v.minio.mode "tenant") $v.minio.tenant.requestAutoCert (not $v.s3.secure) -}}
+{{- $errors = append $errors "s3.secure: minio.tenant.requestAutoCert serves https only: set s3.secure=true (and s3.tls.caConfigMap=kube-root-ca.crt)" -}}
 {{- end -}}
 {{- if gt (mul (int $v.kafka.heartbeatIntervalMs) 3) (int $v.kafka.sessionTimeoutMs) -}}
 {{- $errors = append $errors "kafka.heartbeatIntervalMs: must be at most a third of kafka.sessionTimeoutMs" -}}
@@ -52,8 +67,14 @@ Usage: {{- include "cutalign.validateValues" . }}
 {{- if and (not (kindIs "invalid" $v.launcher.nprocPerNode)) (gt (int $v.launcher.gpusPerNode) 0) (gt (int $v.launcher.nprocPerNode) (int $v.launcher.gpusPerNode)) -}}
 {{- $errors = append $errors (printf "launcher.nprocPerNode (%v) exceeds launcher.gpusPerNode (%v): each process needs its own GPU" $v.launcher.nprocPerNode $v.launcher.gpusPerNode) -}}
 {{- end -}}
-{{- if and $v.pipeline.upload.enabled (not (.Files.Get "files/online_iteration.yaml")) -}}
-{{- $errors = append $errors "pipeline.upload.enabled: files/online_iteration.yaml is missing from the chart; run `make pipelines` (it copies pipelines/compiled/online_iteration.yaml there) or set pipeline.upload.enabled=false" -}}
+{{- if and $v.metrics.dashboard.enabled (not (.Files.Get "files/dashboard.json")) -}}
+{{- $errors = append $errors "metrics.dashboard.enabled: files/dashboard.json is missing from the chart" -}}
+{{- end -}}
+{{- if and $v.pipeline.recurring.enabled (not $v.pipeline.upload.enabled) -}}
+{{- $errors = append $errors "pipeline.recurring.enabled: the upload Job keeps the recurring run: needs pipeline.upload.enabled" -}}
+{{- end -}}
+{{- if and $v.pipeline.recurring.enabled (not $v.pipeline.run.evalUri) -}}
+{{- $errors = append $errors "pipeline.run.evalUri: a recurring run uses the defaults: set the eval set (and pipeline.run.promptPoolUri or promptsUri)" -}}
 {{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nVALUES VALIDATION ERRORS:\n  - %s\n" (join "\n  - " $errors)) -}}

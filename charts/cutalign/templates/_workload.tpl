@@ -1,7 +1,10 @@
 {{/*
 The pod pieces every cutalign service shares: one container listening on 8080 (API, /healthz, /readyz,
-/metrics), settings from the config ConfigMap, credentials from Secrets, non-root on a read-only root
-filesystem with /tmp as an emptyDir.
+/metrics), settings from its component's ConfigMap, credentials from Secrets, CA bundles mounted, non-root on a
+read-only root filesystem with /tmp as an emptyDir, and the operator's per-component additions (`extraEnv`,
+`extraEnvFrom`, `extraVolumes`, `extraVolumeMounts`, `podAnnotations`, `podLabels` of the component's values;
+any that a values section lacks count as empty, so a template calling these helpers gets them as soon as its
+values section has the keys).
 */}}
 
 {{/*
@@ -39,12 +42,15 @@ affinity: {{- toYaml . | nindent 2 }}
 
 {{/*
 cutalign.workload.container: the service container (name, image, `python -m <module>`, env, probes, resources).
-Usage: {{- include "cutalign.workload.container" (dict "ctx" $ "name" "generator" "image" .Values.images.generator
-         "module" "cutalign.generator.service" "values" .Values.generator "gpus" 0 "policyClient" true
-         "extraEnv" "" "live" "/healthz" "ready" "/readyz") | nindent 8 }}
+`component` picks the ConfigMap, Secrets and CA bundles (cutalign.components); `secretEnv` is extra rendered
+env (e.g. the feedback token).
+Usage: {{- include "cutalign.workload.container" (dict "ctx" $ "name" "generator" "component" "generator"
+         "image" .Values.images.generator "module" "cutalign.generator.service" "values" .Values.generator
+         "gpus" 0 "live" "/healthz" "ready" "/readyz") | nindent 8 }}
 */}}
 {{- define "cutalign.workload.container" -}}
 {{- $ctx := .ctx -}}
+{{- $c := include "cutalign.component" . | fromJson -}}
 - name: {{ .name }}
   image: {{ include "cutalign.images.ref" .image }}
   imagePullPolicy: {{ $ctx.Values.images.pullPolicy }}
@@ -55,14 +61,20 @@ Usage: {{- include "cutalign.workload.container" (dict "ctx" $ "name" "generator
       protocol: TCP
   envFrom:
     - configMapRef:
-        name: {{ include "cutalign.names.component" (dict "ctx" $ctx "component" "config") }}
+        name: {{ include "cutalign.names.component" (dict "ctx" $ctx "component" (printf "%s-config" $c.config)) }}
+    {{- with (dig "extraEnvFrom" list .values) }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   env:
-    {{- include "cutalign.env.secrets" (dict "ctx" $ctx "policyClient" .policyClient "policyServer" .policyServer) | nindent 4 }}
-    {{- with .extraEnv }}
+    {{- include "cutalign.env.secrets" (dict "ctx" $ctx "component" .component) | nindent 4 }}
+    {{- with .secretEnv }}
     {{- . | nindent 4 }}
     {{- end }}
     - name: HOME
       value: /tmp
+    {{- with (dig "extraEnv" list .values) }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   startupProbe:
     httpGet:
       path: {{ .live }}
@@ -88,6 +100,39 @@ Usage: {{- include "cutalign.workload.container" (dict "ctx" $ "name" "generator
   volumeMounts:
     - name: tmp
       mountPath: /tmp
+    {{- include "cutalign.tls.volumeMounts" (dict "ctx" $ctx "component" .component) | nindent 4 }}
+    {{- with (dig "extraVolumeMounts" list .values) }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/*
+cutalign.workload.volumes: the pod volumes of a service (/tmp, CA bundles, extraVolumes).
+Usage: {{- include "cutalign.workload.volumes" . | nindent 6 }} with the container's arguments
+*/}}
+{{- define "cutalign.workload.volumes" -}}
+- name: tmp
+  emptyDir: {}
+{{- include "cutalign.tls.volumes" (dict "ctx" .ctx "component" .component) }}
+{{- with (dig "extraVolumes" list .values) }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+cutalign.workload.podMetadata: labels and annotations of a service's pods: the standard labels, podLabels, the
+component's config checksum (a settings change rolls only the components that read it) and podAnnotations.
+Usage: {{- include "cutalign.workload.podMetadata" . | nindent 6 }} with the container's arguments
+*/}}
+{{- define "cutalign.workload.podMetadata" -}}
+labels: {{- include "cutalign.labels.standard" (dict "ctx" .ctx "component" .component) | nindent 2 }}
+  {{- with (dig "podLabels" dict .values) }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations: {{- include "cutalign.checksum.config" . | nindent 2 }}
+  {{- with (dig "podAnnotations" dict .values) }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end -}}
 
 {{/*
@@ -109,9 +154,7 @@ spec:
   selector:
     matchLabels: {{- include "cutalign.labels.selector" (dict "ctx" $ctx "component" .component) | nindent 6 }}
   template:
-    metadata:
-      labels: {{- include "cutalign.labels.standard" (dict "ctx" $ctx "component" .component) | nindent 8 }}
-      annotations: {{- include "cutalign.checksum.config" $ctx | nindent 8 }}
+    metadata: {{- include "cutalign.workload.podMetadata" . | nindent 6 }}
     spec:
       serviceAccountName: {{ include "cutalign.names.serviceAccount" $ctx }}
       automountServiceAccountToken: false
@@ -121,19 +164,18 @@ spec:
       terminationGracePeriodSeconds: 30
       containers:
         {{- include "cutalign.workload.container" (merge (dict "name" .component) .) | nindent 8 }}
-      volumes:
-        - name: tmp
-          emptyDir: {}
+      volumes: {{- include "cutalign.workload.volumes" . | nindent 8 }}
 {{- end -}}
 
 {{/*
 cutalign.workload.inferenceService: a KServe InferenceService whose predictor runs a cutalign KServe model
 server (`kserve-container`, port 8080, /v2/health probes).
 Usage: {{ include "cutalign.workload.inferenceService" (dict "ctx" $ "component" "policy" "image" ... "module" ...
-         "values" .Values.policy "kserve" .Values.policy.kserve "gpus" .Values.policy.gpus "policyClient" false) }}
+         "values" .Values.policy "kserve" .Values.policy.kserve "gpus" .Values.policy.gpus) }}
 */}}
 {{- define "cutalign.workload.inferenceService" -}}
 {{- $ctx := .ctx -}}
+{{- $meta := include "cutalign.workload.podMetadata" . | fromYaml -}}
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata:
@@ -148,14 +190,12 @@ spec:
     maxReplicas: {{ .kserve.maxReplicas }}
     serviceAccountName: {{ include "cutalign.names.serviceAccount" $ctx }}
     automountServiceAccountToken: false
-    labels: {{- include "cutalign.labels.selector" (dict "ctx" $ctx "component" .component) | nindent 6 }}
-    annotations: {{- include "cutalign.checksum.config" $ctx | nindent 6 }}
+    labels: {{- toYaml $meta.labels | nindent 6 }}
+    annotations: {{- toYaml $meta.annotations | nindent 6 }}
     {{- include "cutalign.images.pullSecrets" $ctx | nindent 4 }}
     securityContext: {{- toYaml $ctx.Values.podSecurityContext | nindent 6 }}
     {{- include "cutalign.workload.scheduling" .values | nindent 4 }}
     containers:
       {{- include "cutalign.workload.container" (merge (dict "name" "kserve-container" "live" "/v2/health/live" "ready" "/v2/health/ready") .) | nindent 6 }}
-    volumes:
-      - name: tmp
-        emptyDir: {}
+    volumes: {{- include "cutalign.workload.volumes" . | nindent 6 }}
 {{- end -}}

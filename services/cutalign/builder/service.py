@@ -408,3 +408,7 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     run(KafkaSettings(), S3Settings(), BuilderSettings(), stop_event=stop)  # type: ignore[call-arg]
+
+
+if __name__ == "__main__":
+    main()

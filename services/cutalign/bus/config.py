@@ -19,6 +19,8 @@ def client_config(settings: KafkaSettings, *, client_suffix: str) -> dict[str, A
         "security.protocol": settings.security_protocol,
         "logger": LIBRDKAFKA_LOG,
     }
+    if settings.ssl_ca_location and settings.security_protocol.endswith("SSL"):
+        config["ssl.ca.location"] = settings.ssl_ca_location
     if settings.security_protocol.startswith("SASL"):
         if not settings.sasl_username or settings.sasl_password is None:
             raise ValueError(

@@ -2,20 +2,30 @@
 
 The job is built by ``cutalign.k8s`` (the same manifest the chart renders), validated offline against its CRD
 before it is submitted — a misspelt field would otherwise be pruned silently by the API server — and created
-with the Kubernetes ``CustomObjectsApi``. The job's name is a function of the iteration and run, so a retried
-pipeline step finds the job it created before (409 Conflict) and waits for that one instead of starting a
-second run; the trainer itself resumes from its last checkpoint when a pod restarts.
+with the Kubernetes ``CustomObjectsApi``.
 
-The step then polls the job's status conditions: ``Succeeded`` (PyTorchJob) or ``Complete`` (TrainJob) is
+One pipeline run is one attempt at an iteration: the job's name and its ``cutalign.io/attempt`` label carry
+the KFP run id, and so does the checkpoint prefix, so a *retried step* of the same run finds the job it
+created (409 Conflict) and waits for that one, while a *new run* of the same iteration starts a fresh job from
+fresh checkpoints (with that run's hyper-parameters) instead of adopting the old one. A job this run leaves
+unfinished — the step was interrupted (SIGTERM when the run is cancelled), timed out, or the run failed — is
+deleted (``delete_unfinished_jobs``; the pipeline's exit handler calls it too), so no GPU job outlives its
+run; a finished job stays for its logs until ``ttlSecondsAfterFinished``.
+
+The step polls the job's status conditions: ``Succeeded`` (PyTorchJob) or ``Complete`` (TrainJob) is
 success, ``Failed`` is failure, with the operator's reason and message in the error.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
@@ -46,6 +56,14 @@ class CustomObjectsApi(Protocol):
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Any: ...
 
+    def list_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, *, label_selector: str
+    ) -> Any: ...
+
+    def delete_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> Any: ...
+
 
 @dataclass(frozen=True)
 class JobKind:
@@ -62,9 +80,18 @@ JOB_KINDS = {
 }
 
 
-def job_name(iteration: int, run: str) -> str:
-    """``cut-it-0003``: a DNS-1035 label, the same for every retry of the iteration's run."""
-    return f"{run.replace('_', '-')}-it-{iteration:04d}"[:63].rstrip("-")
+ATTEMPT_LABEL = "cutalign.io/attempt"  # the KFP run id of the run that created the job
+ITERATION_LABEL = "cutalign.io/iteration"
+
+
+def job_name(iteration: int, run: str, attempt: str = "") -> str:
+    """``cut-it-0003-1f0c2a9b``: a DNS-1035 label, the same for every retry of one pipeline run's step."""
+    suffix = f"-it-{iteration:04d}" + (f"-{_label_safe(attempt)[:8]}" if attempt else "")
+    return run.replace("_", "-")[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+def _label_safe(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in value.lower()).strip("-_.")[:63]
 
 
 def trainer_run_args(manifest_uri: str, policy_uri: str, outputs: Outputs) -> list[str]:
@@ -96,6 +123,32 @@ def job_verdict(job: dict[str, Any], kind: JobKind) -> tuple[bool, str] | None:
         if condition.get("type") == "Failed":
             return False, detail
     return None
+
+
+def delete_unfinished_jobs(api: CustomObjectsApi, namespace: str, attempt: str) -> list[str]:
+    """Delete every training job of ``attempt`` (a KFP run id) that has not finished; returns their names.
+
+    Jobs that succeeded or failed are kept (their pods' logs explain the run); a job still pending or running
+    is what would hold GPUs after its run ended.
+    """
+    deleted = []
+    selector = f"{ATTEMPT_LABEL}={_label_safe(attempt)}"
+    for kind in JOB_KINDS.values():
+        try:
+            jobs = api.list_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, label_selector=selector
+            )
+        except ApiException as e:
+            if e.status == 404:  # this job kind's CRD is not installed: nothing of it to delete
+                continue
+            raise
+        for job in jobs.get("items") or []:
+            name = job["metadata"]["name"]
+            if job_verdict(job, kind) is None:
+                api.delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name)
+                log.warning("deleted unfinished training job %s/%s of run %s", namespace, name, attempt)
+                deleted.append(name)
+    return deleted
 
 
 def submit_job(api: CustomObjectsApi, job: dict[str, Any], kind: JobKind, catalog: CrdCatalog) -> None:
@@ -137,8 +190,8 @@ def wait_for_job(
             return detail
         if clock() >= deadline:
             raise TrainingJobFailed(
-                f"training job {namespace}/{name} did not finish within {timeout_s:.0f}s; it is still "
-                "running: raise iteration.job_timeout_s or delete the job"
+                f"training job {namespace}/{name} did not finish within {timeout_s:.0f}s (it is deleted): "
+                "raise iteration.job_timeout_s"
             )
         sleep(poll_interval_s)
 
@@ -156,20 +209,44 @@ def train_on_cluster(
     timeout_s: float = 7 * 86400.0,
     catalog: CrdCatalog | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    attempt: str = "",
 ) -> TrainedPolicy:
-    """Run the trainer as ``launcher.backend`` (PyTorchJob or TrainJob) and return the candidate policy."""
+    """Run the trainer as ``launcher.backend`` (PyTorchJob or TrainJob) and return the candidate policy.
+
+    ``attempt`` (the KFP run id) scopes the job and its checkpoints to this run (see the module docstring).
+    """
     kind = JOB_KINDS[launcher.backend]
     run = run_name(settings)
-    outputs = iteration_outputs(store, iteration, run)
-    name = job_name(iteration, run)
+    outputs = iteration_outputs(store, iteration, run, attempt)
+    name = job_name(iteration, run, attempt)
     args = trainer_run_args(manifest_uri, policy_uri, outputs)
     job = kind.build(
         name, args, launcher, store.settings.model_copy(update={"bucket": store.bucket}), settings
     )
+    job["metadata"]["labels"].update({ITERATION_LABEL: str(iteration)})
+    if attempt:
+        job["metadata"]["labels"][ATTEMPT_LABEL] = _label_safe(attempt)
     submit_job(api, job, kind, catalog or CrdCatalog(launcher.crd_dir))
-    detail = wait_for_job(
-        api, kind, launcher.namespace, name, poll_interval_s=poll_interval_s, timeout_s=timeout_s, sleep=sleep
-    )
+    try:
+        detail = wait_for_job(
+            api,
+            kind,
+            launcher.namespace,
+            name,
+            poll_interval_s=poll_interval_s,
+            timeout_s=timeout_s,
+            sleep=sleep,
+        )
+    except BaseException:  # interrupted, timed out or failed: never leave a running job behind
+        job_now = api.get_namespaced_custom_object(
+            kind.group, kind.version, launcher.namespace, kind.plural, name
+        )
+        if job_verdict(job_now, kind) is None:
+            api.delete_namespaced_custom_object(
+                kind.group, kind.version, launcher.namespace, kind.plural, name
+            )
+            log.warning("deleted unfinished training job %s/%s", launcher.namespace, name)
+        raise
     log.info("training job %s/%s succeeded: %s", launcher.namespace, name, detail)
     steps = read_metrics(store, outputs.metrics)
     last = steps[-1] if steps else {}
@@ -184,10 +261,27 @@ def train_on_cluster(
     )
 
 
-def in_cluster_api() -> CustomObjectsApi:
-    """A ``CustomObjectsApi`` authenticated as the pod's service account (pipeline pods on the cluster)."""
+def kube_api() -> CustomObjectsApi:
+    """A ``CustomObjectsApi`` as the pod's service account inside a cluster, else from ``$KUBECONFIG``."""
     from kubernetes import client, config
 
-    config.load_incluster_config()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config()
     api: CustomObjectsApi = client.CustomObjectsApi()
     return api
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM (a cancelled KFP run stops its pods) raises SystemExit, so cleanup code runs."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -39,11 +39,14 @@ def run_name(settings: TrainerSettings) -> str:
     return settings.objective
 
 
-def iteration_outputs(store: ArtifactStore, iteration: int, run: str) -> Outputs:
+def iteration_outputs(store: ArtifactStore, iteration: int, run: str, attempt: str = "") -> Outputs:
+    """Where a run writes. Checkpoints are per ``attempt`` (a KFP run id): a new pipeline run of the iteration
+    starts from scratch with its own hyper-parameters, a retried step of the same run resumes."""
+    checkpoints = f"{run}-{attempt}" if attempt else run
     return Outputs(
         model=store.uri(model_prefix(iteration)).rstrip("/"),
         metrics=store.uri(metrics_key(iteration, run)),
-        checkpoints=store.uri(checkpoint_prefix(iteration, run)).rstrip("/"),
+        checkpoints=store.uri(checkpoint_prefix(iteration, checkpoints)).rstrip("/"),
     )
 
 
@@ -65,10 +68,11 @@ def train_local(
     *,
     store: ArtifactStore,
     progress: bool = False,
+    attempt: str = "",
 ) -> TrainedPolicy:
     """Train from ``policy_uri`` on the sealed manifest at ``manifest_uri``; returns the candidate policy."""
     run = run_name(settings)
-    outputs = iteration_outputs(store, iteration, run)
+    outputs = iteration_outputs(store, iteration, run, attempt)
     result = train(
         settings, manifest_uri, policy_uri, outputs.model, store=store, progress=progress, outputs=outputs
     )

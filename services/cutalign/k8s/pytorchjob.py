@@ -83,7 +83,7 @@ def _replica_spec(
         env=pod.trainer_env(launcher, s3, trainer),
         ports=[k8s.V1ContainerPort(name="pytorchjob-port", container_port=pod.MASTER_PORT, protocol="TCP")],
         resources=pod.trainer_resources(launcher),
-        volume_mounts=pod.trainer_volume_mounts(),
+        volume_mounts=pod.trainer_volume_mounts(launcher, s3),
         security_context=pod.container_security_context(),
     )
     return kf.KubeflowOrgV1ReplicaSpec(
@@ -97,7 +97,7 @@ def _replica_spec(
                 security_context=pod.pod_security_context(),
                 node_selector=launcher.node_selector or None,
                 tolerations=pod.tolerations(launcher) or None,
-                volumes=pod.trainer_volumes(launcher),
+                volumes=pod.trainer_volumes(launcher, s3),
                 containers=[container],
             ),
         ),

@@ -15,6 +15,7 @@ The pod runs as a non-root user on a read-only root filesystem; ``/tmp`` (scratc
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath
 from typing import Any
 
 from kubernetes import client as k8s
@@ -90,20 +91,37 @@ def trainer_resources(launcher: LauncherSettings) -> k8s.V1ResourceRequirements:
     return k8s.V1ResourceRequirements(requests=requests, limits=limits)
 
 
-def trainer_volumes(launcher: LauncherSettings) -> list[k8s.V1Volume]:
-    return [
+def trainer_volumes(launcher: LauncherSettings, s3: S3Settings) -> list[k8s.V1Volume]:
+    volumes = [
         k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
         k8s.V1Volume(
             name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=launcher.shm_size)
         ),
     ]
+    if s3.ca_bundle and launcher.s3_ca_secret:
+        volumes.append(
+            k8s.V1Volume(name="s3-ca", secret=k8s.V1SecretVolumeSource(secret_name=launcher.s3_ca_secret))
+        )
+    elif s3.ca_bundle and launcher.s3_ca_config_map:
+        volumes.append(
+            k8s.V1Volume(name="s3-ca", config_map=k8s.V1ConfigMapVolumeSource(name=launcher.s3_ca_config_map))
+        )
+    return volumes
 
 
-def trainer_volume_mounts() -> list[k8s.V1VolumeMount]:
-    return [
+def trainer_volume_mounts(launcher: LauncherSettings, s3: S3Settings) -> list[k8s.V1VolumeMount]:
+    """/tmp, /dev/shm, and the S3 CA bundle in the directory ``s3.ca_bundle`` names (a private CA)."""
+    mounts = [
         k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
         k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
     ]
+    if s3.ca_bundle and (launcher.s3_ca_secret or launcher.s3_ca_config_map):
+        mounts.append(
+            k8s.V1VolumeMount(
+                name="s3-ca", mount_path=str(PurePosixPath(s3.ca_bundle).parent), read_only=True
+            )
+        )
+    return mounts
 
 
 def pod_security_context() -> k8s.V1PodSecurityContext:

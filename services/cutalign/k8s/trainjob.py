@@ -51,7 +51,7 @@ def build_trainjob(
             "numProcPerNode": launcher.procs_per_node,
             "resourcesPerNode": pod.to_dict(pod.trainer_resources(launcher)),
         },
-        "runtimePatches": [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": _runtime_patch(launcher)}],
+        "runtimePatches": [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": _runtime_patch(launcher, s3)}],
     }
     if launcher.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = launcher.active_deadline_seconds
@@ -63,15 +63,15 @@ def build_trainjob(
     }
 
 
-def _runtime_patch(launcher: LauncherSettings) -> dict[str, Any]:
+def _runtime_patch(launcher: LauncherSettings, s3: S3Settings) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "serviceAccountName": launcher.service_account,
         "securityContext": pod.to_dict(pod.pod_security_context()),
-        "volumes": pod.to_dict(pod.trainer_volumes(launcher)),
+        "volumes": pod.to_dict(pod.trainer_volumes(launcher, s3)),
         "containers": [
             {
                 "name": TRAINER_JOB,
-                "volumeMounts": pod.to_dict(pod.trainer_volume_mounts()),
+                "volumeMounts": pod.to_dict(pod.trainer_volume_mounts(launcher, s3)),
                 "securityContext": pod.to_dict(pod.container_security_context()),
             }
         ],

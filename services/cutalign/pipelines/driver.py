@@ -6,12 +6,15 @@
         [--host http://ml-pipeline.kubeflow:8888 --namespace kubeflow --service-account cutalign-pipeline]
 
 Without ``--host`` every iteration runs here with the KFP local runner (``SubprocessRunner(use_venv=False)``:
-the tasks run in this Python environment, which has cutalign installed); with ``--host`` it is submitted to
-that KFP server with ``kfp.Client`` and awaited. Either way the driver reads ``policy/current.json`` from the
-store (``CUTALIGN_S3_*``) before each iteration: the policy it names — or ``--policy`` before the first
-promotion — is the iteration's ``policy_uri``. An iteration whose gate fails promotes nothing, so the next one
-starts from the same policy. The generator, judge and target builder must be running (``cutalign up`` plus the
-services, or the Helm release); the driver only orchestrates iterations.
+the tasks run in this Python environment, which has cutalign installed, and train in-process unless
+``--param launcher=...`` says otherwise); with ``--host`` each iteration is a run of the pipeline version the
+release uploaded (``--pipeline``, default ``cutalign-online-iteration``: its defaults are the release's),
+awaited with ``kfp.Client``. Either way the driver reads ``policy/current.json`` from the store
+(``CUTALIGN_S3_*``) before each iteration to report the policy it starts from — the pipeline itself picks
+the current release, or ``--policy`` before the first promotion. An iteration whose gate fails promotes
+nothing, so the next one starts from the same policy. The generator, judge and target builder must be running
+(``cutalign up`` plus the services, or the Helm release); the driver only orchestrates iterations. Without a
+laptop in the loop, a KFP recurring run with the defaults does the same (``iteration=0``: the next one).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cutalign.config import S3Settings
-from cutalign.pipelines.online_iteration import online_iteration
+from cutalign.iteration.plan import starting_policy
+from cutalign.pipelines.online_iteration import PIPELINE_NAME, online_iteration
 from cutalign.policy.promotion import current_release
 from cutalign.store import ArtifactStore
 
@@ -75,12 +79,6 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def starting_policy(store: ArtifactStore, initial_policy_uri: str) -> str:
-    """The policy the next iteration starts from: the current release's, else ``initial_policy_uri``."""
-    release = current_release(store)
-    return release.version.uri if release is not None else initial_policy_uri
-
-
 def run_iterations(
     store: ArtifactStore,
     submit: Submit,
@@ -98,18 +96,18 @@ def run_iterations(
             f"--prompts {prompts_template!r} has no '{{iteration}}': each iteration needs fresh prompts "
             "(e.g. prompts-{iteration}.jsonl)"
         )
-    reserved = {"iteration", "prompts_uri", "eval_uri", "policy_uri"} & set(params or {})
+    reserved = {"iteration", "prompts_uri", "eval_uri", "policy_uri", "base_policy_uri"} & set(params or {})
     if reserved:
         raise ValueError(f"{sorted(reserved)} are set by the driver for each iteration; do not pass them")
     outcomes = []
     for iteration in range(first_iteration, first_iteration + iterations):
-        policy_uri = starting_policy(store, initial_policy_uri)
+        policy_uri = starting_policy(store, "", initial_policy_uri)  # what the pipeline's plan step picks
         arguments = {
             **(params or {}),
             "iteration": iteration,
             "prompts_uri": prompts_template.format(iteration=iteration),
             "eval_uri": eval_uri,
-            "policy_uri": policy_uri,
+            "base_policy_uri": initial_policy_uri,
         }
         log.info("iteration %d: starting from %s", iteration, policy_uri)
         submit(arguments)
@@ -124,13 +122,16 @@ def run_iterations(
 
 
 def local_submitter(pipeline_root: str) -> Submit:
-    """Run each iteration in this process tree with the KFP local runner (raises if a task fails)."""
+    """Run each iteration in this process tree with the KFP local runner (raises if a task fails).
+
+    Training runs inside the task (``launcher=local``) unless the arguments name a cluster launcher.
+    """
     from kfp import local
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root)
 
     def submit(arguments: dict[str, Any]) -> None:
-        online_iteration(**arguments)
+        online_iteration(**{"launcher": "local", **arguments})
 
     return submit
 
@@ -138,23 +139,31 @@ def local_submitter(pipeline_root: str) -> Submit:
 def kfp_submitter(
     host: str,
     *,
+    pipeline: str = PIPELINE_NAME,
     namespace: str | None = None,
     experiment: str = "cutalign",
     service_account: str | None = None,
     timeout_s: int = 7 * 86400,
 ) -> Submit:
-    """Submit each iteration to the KFP server at ``host`` and wait for it (raises unless it succeeded)."""
+    """Run each iteration as a run of ``pipeline``'s newest version on the KFP server at ``host`` and wait
+    for it (raises unless it succeeded): the version the release uploaded, with the release's wiring."""
     import kfp
 
     client = kfp.Client(host=host, namespace=namespace)
+    pipeline_id = client.get_pipeline_id(pipeline)
+    if pipeline_id is None:
+        raise RuntimeError(f"KFP at {host} has no pipeline {pipeline!r}: install the chart (it uploads it)")
+    versions = client.list_pipeline_versions(pipeline_id, sort_by="created_at desc", page_size=1)
+    version_id = versions.pipeline_versions[0].pipeline_version_id
+    experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
 
     def submit(arguments: dict[str, Any]) -> None:
-        run = client.create_run_from_pipeline_func(
-            online_iteration,
-            arguments=arguments,
-            run_name=f"cutalign-iteration-{arguments['iteration']:04d}",
-            experiment_name=experiment,
-            namespace=namespace,
+        run = client.run_pipeline(
+            experiment_id=experiment_id,
+            job_name=f"cutalign-iteration-{arguments['iteration']:04d}",
+            params=arguments,
+            pipeline_id=pipeline_id,
+            version_id=version_id,
             enable_caching=False,
             service_account=service_account,
         )
@@ -185,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         "--param", action="append", default=[], help="Another pipeline parameter, NAME=VALUE."
     )
     parser.add_argument("--host", help="KFP API endpoint; without it, run locally with the KFP local runner.")
+    parser.add_argument(
+        "--pipeline", default=PIPELINE_NAME, help="With --host: the uploaded pipeline to run."
+    )
     parser.add_argument("--namespace", help="KFP namespace (multi-user Kubeflow: the profile's).")
     parser.add_argument("--experiment", default="cutalign", help="KFP experiment of the runs.")
     parser.add_argument("--service-account", help="Service account of the runs (may create PyTorchJobs).")
@@ -194,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.host:
         submit = kfp_submitter(
             args.host,
+            pipeline=args.pipeline,
             namespace=args.namespace,
             experiment=args.experiment,
             service_account=args.service_account,

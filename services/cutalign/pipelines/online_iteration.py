@@ -1,385 +1,255 @@
 """The online iteration as a Kubeflow Pipelines v2 pipeline (method page §6): one run = one iteration.
 
-    publish-prompts -> wait-for-judging -> seal-iteration -> train-policy -> evaluate-policy
-        -> [gate passed] promote-policy
+    [exit handler: release-training-jobs]
+        plan-iteration -> publish-prompts -> wait-for-judging -> seal-iteration -> train-policy
+            -> evaluate-policy -> [gate passed] promote-policy
 
-Each component is a thin wrapper over a ``cutalign.iteration`` function (the demo and ``cutalign run`` call
-the same functions), runs in the project image ``IMAGE`` (the chart's ``images.trainer``: every cutalign
-module, torch and kfp are installed there, so nothing is pip-installed at run time) and imports inside its
-body, as KFP requires. Artifacts give the run its lineage in the KFP UI: the sealed manifest (``Dataset``, its
-``s3://`` URI in the metadata), the candidate checkpoint (``Model``: a pointer file, the checkpoint itself
-stays in S3 where the trainer wrote it — copying multi-GB weights into the pipeline root would buy nothing)
-and the evaluation (``Metrics``, in the project's metric names). ``promote-policy`` runs only when the gate
-passes (``dsl.If``).
+``plan-iteration`` makes the run repeatable and schedulable: with the defaults (``iteration=0``, empty
+``prompts_uri`` and ``policy_uri``) it runs the next iteration on a fresh slice of the prompt pool from the
+current release (``cutalign.iteration.plan``), so a KFP recurring run drives the online loop by itself. Every
+step's body is in ``components``; artifacts give the run its lineage in the KFP UI (the sealed manifest as a
+``Dataset``, the candidate checkpoint as a ``Model`` pointer, the evaluation as ``Metrics``);
+``promote-policy`` runs only when the gate passes (``dsl.If``). The exit handler deletes the run's unfinished
+training job when the run fails or is cancelled. Caching is off for every task: each step has side effects
+(messages, manifests, releases) that a cache hit would silently skip.
 
-Configuration on a cluster: every task reads ``CUTALIGN_*`` settings from the release's ConfigMap and the S3
-keys from its Secret (``config_map`` / ``s3_secret`` parameters, via kfp-kubernetes; the local runner
-ignores them and the tasks inherit the caller's environment instead). Caching is off for every task: each
-step has side effects (messages, manifests, releases) that a cache hit would silently skip.
+On a cluster each task gets the release's settings from its ConfigMap, its Secrets and CA bundles, resources
+and placement from the ``PipelineWiring`` the pipeline was compiled with (see ``wiring``); the local runner
+ignores those and the tasks inherit the caller's environment instead. (No ``from __future__ import
+annotations``: KFP reads the pipeline function's annotations as types.)
 """
+
+from functools import partial
+from typing import Any
 
 from kfp import dsl, kubernetes
 
-# The project image (charts/cutalign/values.yaml images.trainer); a test keeps the two equal.
-IMAGE = "ghcr.io/cutalign/trainer:0.1.0"
+from cutalign.config import LauncherSettings, TrainerSettings
+from cutalign.pipelines import components
+from cutalign.pipelines.wiring import MountedBundle, PipelineWiring, SecretEnv, TaskResources, config_keys
+
 PIPELINE_NAME = "cutalign-online-iteration"
-
-# CUTALIGN_* keys of the chart's ConfigMap that the steps read (missing keys keep the settings' defaults).
-_SECTION_KEYS = {
-    "S3": "ENDPOINT BUCKET SECURE REGION MULTIPART_PART_SIZE",
-    "KAFKA": "BOOTSTRAP_SERVERS CLIENT_ID SECURITY_PROTOCOL SASL_MECHANISM SASL_USERNAME TOPIC_PROMPTS "
-    "TOPIC_DEADLETTER MAX_MESSAGE_BYTES",
-    "JUDGE": "JUDGE OPTIONS_JSON GUARD GUARD_MIN_CHARS GUARD_MIN_TOKENS",
-    "BUILDER": "ALIGN_P_RATIO SEED",
-    "ITERATION": "MODEL_ID POLL_INTERVAL_S HTTP_TIMEOUT_S COUNT_DEAD_LETTERS JOB_POLL_INTERVAL_S "
-    "JOB_TIMEOUT_S",
-    "LAUNCHER": "NAMESPACE IMAGE IMAGE_PULL_POLICY SERVICE_ACCOUNT WORKERS NPROC_PER_NODE CPU MEMORY "
-    "SHM_SIZE NODE_SELECTOR TOLERATIONS POD_LABELS S3_SECRET BACKOFF_LIMIT TTL_SECONDS_AFTER_FINISHED "
-    "ACTIVE_DEADLINE_SECONDS TRAINJOB_RUNTIME",
-}
-CONFIG_KEYS = [f"CUTALIGN_{section}_{key}" for section, keys in _SECTION_KEYS.items() for key in keys.split()]
-S3_SECRET_KEYS = {"access-key": "CUTALIGN_S3_ACCESS_KEY", "secret-key": "CUTALIGN_S3_SECRET_KEY"}
+_TRAINER = TrainerSettings()
+_LAUNCHER = LauncherSettings()
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def publish_prompts(iteration: int, prompts_uri: str) -> int:
-    """Record the iteration's prompt set in S3 and publish it on the prompts topic; returns how many."""
-    import logging
+class _Deploy:
+    """Applies the wiring to tasks: env, Secrets, CA bundles, resources, placement, no caching."""
 
-    from cutalign.config import KafkaSettings, S3Settings
-    from cutalign.iteration.prompts import publish_prompts as publish
-    from cutalign.store import ArtifactStore
+    def __init__(self, wiring: PipelineWiring) -> None:
+        self.wiring = wiring
+        self.env = {key: key for key in config_keys()}
 
-    logging.basicConfig(level=logging.INFO)
-    published = publish(prompts_uri, iteration, store=ArtifactStore(S3Settings()), kafka=KafkaSettings())
-    return published.count
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def wait_for_judging(
-    iteration: int, published: int, target_count: int, deadline_s: float, min_count: int
-) -> int:
-    """Wait until the iteration's samples are judged and built (target 0: one per prompt); -> examples."""
-    import logging
-
-    from cutalign.config import IterationSettings, KafkaSettings, S3Settings
-    from cutalign.iteration.progress import wait_for_iteration
-    from cutalign.store import ArtifactStore
-
-    logging.basicConfig(level=logging.INFO)
-    settings = IterationSettings(
-        target_count=target_count or None, deadline_s=deadline_s, min_count=min_count
-    )
-    progress = wait_for_iteration(
-        ArtifactStore(S3Settings()),
-        iteration,
-        settings.target_count or published,
-        kafka=KafkaSettings() if settings.count_dead_letters else None,
-        deadline_s=settings.deadline_s,
-        min_count=settings.min_count,
-        poll_interval_s=settings.poll_interval_s,
-        abort_file=settings.abort_file,
-    )
-    return progress.examples
+    def __call__(
+        self,
+        task: dsl.PipelineTask,
+        resources: TaskResources | None = None,
+        *,
+        s3: bool = True,
+        kafka: bool = False,
+        secrets: tuple[SecretEnv | None, ...] = (),
+    ) -> dsl.PipelineTask:
+        w = self.wiring
+        task.set_caching_options(False)
+        kubernetes.use_config_map_as_env(task, w.config_map, self.env, optional=True)
+        wanted = [*((w.s3,) if s3 else ()), *((w.kafka,) if kafka else ()), *secrets]
+        for secret in (s for s in wanted if s is not None):
+            kubernetes.use_secret_as_env(task, secret.secret, secret.keys, optional=secret.optional)
+        for bundle in (w.s3_ca if s3 else None, w.kafka_ca if kafka else None):
+            if bundle is not None:
+                _mount(task, bundle)
+        if w.image_pull_secrets:
+            kubernetes.set_image_pull_secrets(task, list(w.image_pull_secrets))
+        for key, value in w.pod_labels.items():
+            kubernetes.add_pod_label(task, key, value)
+        for key, value in w.pod_annotations.items():
+            kubernetes.add_pod_annotation(task, key, value)
+        _place(task, resources or w.steps)
+        return task
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def seal_iteration(iteration: int, builder_url: str, manifest: dsl.Output[dsl.Dataset]) -> str:
-    """Seal the iteration (through the builder when ``builder_url`` is set); returns the manifest's URI."""
-    import logging
-    from pathlib import Path
-
-    from cutalign.config import IterationSettings, S3Settings
-    from cutalign.iteration.seal import seal
-    from cutalign.store import ArtifactStore, manifest_json
-
-    logging.basicConfig(level=logging.INFO)
-    timeout_s = IterationSettings().http_timeout_s
-    sealed = seal(
-        ArtifactStore(S3Settings()), iteration, builder_url=builder_url or None, timeout_s=timeout_s
-    )
-    Path(manifest.path).write_bytes(manifest_json(sealed.manifest))
-    manifest.metadata.update({"uri": sealed.manifest_uri, "iteration": iteration, **sealed.counts})
-    return sealed.manifest_uri
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train_policy(
-    iteration: int,
-    policy_uri: str,
-    launcher: str,
-    objective: str,
-    threshold: float,
-    unlikelihood_weight: float,
-    lora: bool,
-    lora_r: int,
-    lora_alpha: int,
-    learning_rate: float,
-    gpus: int,
-    trainer_overrides_json: str,
-    manifest: dsl.Input[dsl.Dataset],
-    model: dsl.Output[dsl.Model],
-) -> str:
-    """Train the candidate from ``policy_uri`` on the sealed manifest (in-process, or as a cluster job)."""
-    import json
-    import logging
-    from pathlib import Path
-
-    from cutalign.config import IterationSettings, LauncherSettings, S3Settings, TrainerSettings
-    from cutalign.iteration.overrides import settings_with
-    from cutalign.store import ArtifactStore
-
-    logging.basicConfig(level=logging.INFO)
-    params = {
-        "objective": objective,
-        "threshold": threshold,
-        "unlikelihood_weight": unlikelihood_weight,
-        "lora": lora,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "learning_rate": learning_rate,
-    }
-    trainer = settings_with(TrainerSettings, params, trainer_overrides_json)
-    store = ArtifactStore(S3Settings())
-    manifest_uri = manifest.metadata["uri"]
-    if launcher == "local":
-        from cutalign.iteration.train import train_local
-
-        trained = train_local(trainer, manifest_uri, policy_uri, iteration, store=store)
-    elif launcher in ("pytorchjob", "trainjob"):
-        from cutalign.iteration.cluster import in_cluster_api, train_on_cluster
-
-        settings = IterationSettings()
-        trained = train_on_cluster(
-            in_cluster_api(),
-            trainer,
-            manifest_uri,
-            policy_uri,
-            iteration,
-            store=store,
-            launcher=settings_with(LauncherSettings, {"backend": launcher, "gpus_per_node": gpus}),
-            poll_interval_s=settings.job_poll_interval_s,
-            timeout_s=settings.job_timeout_s,
-        )
+def _mount(task: dsl.PipelineTask, bundle: MountedBundle) -> None:
+    if bundle.kind == "secret":
+        kubernetes.use_secret_as_volume(task, bundle.name, bundle.mount_path)
     else:
-        raise ValueError(f"launcher must be local, pytorchjob or trainjob, got {launcher!r}")
-    pointer = {
-        "uri": trained.model_uri,
-        "metrics_uri": trained.metrics_uri,
-        "run": trained.run,
-        "steps": trained.steps,
-        "iteration": iteration,
-        "trained_from": policy_uri,
-    }
-    Path(model.path).write_text(json.dumps(pointer, indent=2, sort_keys=True))
-    model.metadata.update(pointer)
-    return trained.model_uri
+        kubernetes.use_config_map_as_volume(task, bundle.name, bundle.mount_path)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def evaluate_policy(
-    iteration: int,
-    policy_uri: str,
-    eval_uri: str,
-    gate_tolerance: float,
-    judge: str,
-    judge_options_json: str,
-    eval_overrides_json: str,
-    model: dsl.Input[dsl.Model],
-    metrics: dsl.Output[dsl.Metrics],
-) -> bool:
-    """Evaluate the candidate on the held-out set and log ``eval/*`` metrics; returns whether the gate passed.
-
-    The verdict is the component's single ``Output``: the KFP 2.17 local runner resolves ``dsl.If``
-    conditions only on outputs named ``Output``.
-    """
-    import logging
-
-    from cutalign.config import IterationSettings, JudgeSettings, S3Settings
-    from cutalign.iteration.assess import assess_candidate
-    from cutalign.iteration.overrides import settings_with
-    from cutalign.iteration.prompts import load_prompt_set
-    from cutalign.judges.loader import judge_from_settings
-    from cutalign.store import ArtifactStore
-
-    logging.basicConfig(level=logging.INFO)
-    settings = settings_with(IterationSettings, {"gate_tolerance": gate_tolerance}, eval_overrides_json)
-    judge_params = {k: v for k, v in (("judge", judge), ("options_json", judge_options_json)) if v}
-    store = ArtifactStore(S3Settings())
-    assessment = assess_candidate(
-        store,
-        iteration=iteration,
-        candidate_uri=model.metadata["uri"],
-        starting_policy_uri=policy_uri,
-        eval_prompts=load_prompt_set(eval_uri, store).rows,
-        judge=judge_from_settings(settings_with(JudgeSettings, judge_params)),
-        settings=settings,
-        training_metrics_uri=model.metadata.get("metrics_uri"),
-    )
-    for name, value in assessment.metrics().items():
-        metrics.log_metric(name, value)
-    return assessment.decision.passed
+def _place(task: dsl.PipelineTask, r: TaskResources) -> None:
+    if r.cpu:
+        task.set_cpu_request(r.cpu)
+    if r.cpu_limit:
+        task.set_cpu_limit(r.cpu_limit)
+    if r.memory:
+        task.set_memory_request(r.memory).set_memory_limit(r.memory)
+    if r.gpus:
+        task.set_accelerator_type(r.accelerator).set_accelerator_limit(r.gpus)
+    for key, value in r.node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for t in r.tolerations:
+        kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def promote_policy(
-    iteration: int,
-    policy_admin_url: str,
-    model: dsl.Input[dsl.Model],
-    manifest: dsl.Input[dsl.Dataset],
-    metrics: dsl.Input[dsl.Metrics],
-) -> str:
-    """Release the candidate (policy/current.json) and hot-reload the policy server if a URL is given."""
-    import logging
-
-    from cutalign.config import IterationSettings, S3Settings
-    from cutalign.iteration.promote import promote_candidate, reload_policy_server
-    from cutalign.store import ArtifactStore
-    from cutalign.store.layout import release_key
-
-    logging.basicConfig(level=logging.INFO)
-    settings = IterationSettings()
-    store = ArtifactStore(S3Settings())
-    release = promote_candidate(
-        store,
-        iteration=iteration,
-        model_uri=model.metadata["uri"],
-        eval_metrics={k: float(v) for k, v in metrics.metadata.items() if isinstance(v, int | float)},
-        manifest_key=store.key_of(manifest.metadata["uri"]),
-        model_id=settings.model_id,
-        s3=store.settings,
-    )
-    if policy_admin_url:
-        token = settings.policy_admin_token.get_secret_value() if settings.policy_admin_token else None
-        reload_policy_server(policy_admin_url, release, token=token, timeout_s=settings.http_timeout_s)
-    return store.uri(release_key(iteration))
-
-
-def _on_cluster(task: dsl.PipelineTask, config_map: str, s3_secret: str) -> dsl.PipelineTask:
-    """Settings from the release's ConfigMap and S3 Secret; no caching (every step has side effects)."""
-    kubernetes.use_config_map_as_env(task, config_map, {k: k for k in CONFIG_KEYS}, optional=True)
-    kubernetes.use_secret_as_env(task, s3_secret, S3_SECRET_KEYS)
-    task.set_caching_options(False)
-    return task
-
-
-@dsl.pipeline(
-    name=PIPELINE_NAME, description="One online CUT iteration: prompts -> judgments -> train -> gate."
-)
-def online_iteration(
-    iteration: int,
-    prompts_uri: str,
-    eval_uri: str,
-    policy_uri: str,
-    threshold: float = 1.1,
-    unlikelihood_weight: float = 1.0,
-    objective: str = "cut",
-    lora: bool = True,
-    lora_r: int = 16,
-    lora_alpha: int = 16,
-    learning_rate: float = 4e-4,
-    gpus: int = 1,
-    launcher: str = "local",
-    trainer_overrides_json: str = "{}",
-    builder_url: str = "",
-    policy_admin_url: str = "",
-    target_count: int = 0,
-    deadline_s: float = 3600.0,
-    min_count: int = 1,
-    gate_tolerance: float = 0.0,
-    judge: str = "",
-    judge_options_json: str = "",
-    eval_overrides_json: str = "{}",
-    config_map: str = "cutalign-config",
-    s3_secret: str = "cutalign-s3",
-) -> None:
-    """One online iteration.
-
-    Args:
-        iteration: Iteration number (1, 2, ...): names every key it writes (iterations/{i:04d}/...).
-        prompts_uri: Fresh training prompts (JSONL path or s3:// URI; never reused across iterations).
-        eval_uri: Held-out eval prompts (JSONL path or s3:// URI), the same for every iteration.
-        policy_uri: Policy the iteration generated with and trains from (the last promoted one).
-        threshold: λ, the detection ratio threshold of CUT.
-        unlikelihood_weight: α, the weight of the unlikelihood term.
-        objective: cut, sft, hindsight or unlikelihood.
-        lora: Train a LoRA adapter (merged into the exported model) instead of every weight.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA alpha.
-        learning_rate: AdamW learning rate.
-        gpus: GPUs per training node (cluster launchers).
-        launcher: local (train in the task's process), pytorchjob or trainjob.
-        trainer_overrides_json: Any other TrainerSettings fields, as a JSON object.
-        builder_url: Target builder base URL for POST /seal (empty: seal in the task).
-        policy_admin_url: Embedded policy server to hot-reload after promotion (empty: none).
-        target_count: Judged samples to wait for (0: one per published prompt).
-        deadline_s: Longest wait for generation and judging.
-        min_count: Fewer durable examples than this at the deadline fails the run.
-        gate_tolerance: Promote when accuracy >= previous accuracy - tolerance.
-        judge: Judge plug-in for evaluation (empty: CUTALIGN_JUDGE_JUDGE).
-        judge_options_json: The judge's options (empty: CUTALIGN_JUDGE_OPTIONS_JSON).
-        eval_overrides_json: Other IterationSettings fields (eval_max_new_tokens, eval_template, ...).
-        config_map: ConfigMap holding the release's CUTALIGN_* settings (cluster only).
-        s3_secret: Secret holding the S3 access-key and secret-key (cluster only).
-    """
-    publish = _on_cluster(
-        publish_prompts(iteration=iteration, prompts_uri=prompts_uri), config_map, s3_secret
-    )
-    wait = _on_cluster(
-        wait_for_judging(
-            iteration=iteration,
-            published=publish.output,
-            target_count=target_count,
-            deadline_s=deadline_s,
-            min_count=min_count,
-        ),
-        config_map,
-        s3_secret,
-    )
-    sealed = _on_cluster(seal_iteration(iteration=iteration, builder_url=builder_url), config_map, s3_secret)
-    sealed.after(wait)
-    trained = _on_cluster(
-        train_policy(
-            iteration=iteration,
-            policy_uri=policy_uri,
-            launcher=launcher,
-            objective=objective,
-            threshold=threshold,
-            unlikelihood_weight=unlikelihood_weight,
-            lora=lora,
-            lora_r=lora_r,
-            lora_alpha=lora_alpha,
-            learning_rate=learning_rate,
-            gpus=gpus,
-            trainer_overrides_json=trainer_overrides_json,
-            manifest=sealed.outputs["manifest"],
-        ),
-        config_map,
-        s3_secret,
-    )
-    evaluated = _on_cluster(
-        evaluate_policy(
-            iteration=iteration,
-            policy_uri=policy_uri,
-            eval_uri=eval_uri,
-            gate_tolerance=gate_tolerance,
-            judge=judge,
-            judge_options_json=judge_options_json,
-            eval_overrides_json=eval_overrides_json,
-            model=trained.outputs["model"],
-        ),
-        config_map,
-        s3_secret,
-    )
-    with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
-        _on_cluster(
-            promote_policy(
-                iteration=iteration,
-                policy_admin_url=policy_admin_url,
-                model=trained.outputs["model"],
-                manifest=sealed.outputs["manifest"],
-                metrics=evaluated.outputs["metrics"],
-            ),
-            config_map,
-            s3_secret,
+def build_pipeline(wiring: PipelineWiring | None = None) -> Any:
+    """The ``online_iteration`` pipeline deployed as ``wiring`` says (default: the chart's defaults)."""
+    w = wiring or PipelineWiring()
+    deploy = _Deploy(w)
+    component = partial(dsl.component, base_image=w.image, install_kfp_package=False)
+    plan_op, publish_op, wait_op, seal_op = (
+        component(f)
+        for f in (
+            components.plan_iteration,
+            components.publish_prompts,
+            components.wait_for_judging,
+            components.seal_iteration,
         )
+    )
+    train_op, evaluate_op, promote_op, release_op = (
+        component(f)
+        for f in (
+            components.train_policy,
+            components.evaluate_policy,
+            components.promote_policy,
+            components.release_training_jobs,
+        )
+    )
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME, description="One online CUT iteration: prompts -> judgments -> train -> gate."
+    )
+    def online_iteration(
+        iteration: int = 0,
+        prompts_uri: str = "",
+        prompt_pool_uri: str = "",
+        prompts_per_iteration: int = 0,
+        eval_uri: str = "",
+        policy_uri: str = "",
+        base_policy_uri: str = "",
+        threshold: float = _TRAINER.threshold,
+        unlikelihood_weight: float = _TRAINER.unlikelihood_weight,
+        objective: str = _TRAINER.objective,
+        lora: bool = _TRAINER.lora,
+        lora_r: int = _TRAINER.lora_r,
+        lora_alpha: int = _TRAINER.lora_alpha,
+        learning_rate: float = _TRAINER.learning_rate,
+        gpus: int = _LAUNCHER.gpus_per_node,
+        launcher: str = _LAUNCHER.backend,
+        trainer_overrides_json: str = "{}",
+        builder_url: str = "",
+        policy_admin_url: str = "",
+        target_count: int = 0,
+        deadline_s: float = 3600.0,
+        min_count: int = 1,
+        gate_tolerance: float = 0.0,
+        judge: str = "",
+        judge_options_json: str = "",
+        eval_overrides_json: str = "{}",
+    ) -> None:
+        """One online iteration.
+
+        Args:
+            iteration: Iteration number (1, 2, ...), or 0 for the next one (see cutalign.iteration.plan).
+            prompts_uri: Training prompts (JSONL or s3:// URI; may contain '{iteration}'); empty: the pool.
+            prompt_pool_uri: JSONL pool iteration i takes rows [(i-1)*n, i*n) of (n: prompts_per_iteration).
+            prompts_per_iteration: Prompts per iteration taken from the pool.
+            eval_uri: Held-out eval prompts (JSONL path or s3:// URI), the same for every iteration.
+            policy_uri: Starting policy; empty: the current release, else base_policy_uri.
+            base_policy_uri: The base model, used until the first promotion.
+            threshold: λ, the detection ratio threshold of CUT.
+            unlikelihood_weight: α, the weight of the unlikelihood term.
+            objective: cut, sft, hindsight or unlikelihood.
+            lora: Train a LoRA adapter (merged into the exported model) instead of every weight.
+            lora_r: LoRA rank.
+            lora_alpha: LoRA alpha.
+            learning_rate: AdamW learning rate.
+            gpus: GPUs per training node (cluster launchers).
+            launcher: pytorchjob or trainjob (a cluster job), or local (train inside the step's pod).
+            trainer_overrides_json: Any other TrainerSettings fields, as a JSON object.
+            builder_url: Target builder base URL for POST /seal (empty: seal in the task).
+            policy_admin_url: Embedded policy server to hot-reload after promotion (empty: none).
+            target_count: Judged samples to wait for (0: one per published prompt).
+            deadline_s: Longest wait for generation and judging.
+            min_count: Fewer durable examples than this at the deadline fails the run.
+            gate_tolerance: Promote when accuracy >= previous accuracy - tolerance.
+            judge: Judge plug-in for evaluation (empty: CUTALIGN_JUDGE_JUDGE).
+            judge_options_json: The judge's options (empty: CUTALIGN_JUDGE_OPTIONS_JSON).
+            eval_overrides_json: Other IterationSettings fields (eval_max_new_tokens, eval_template, ...).
+        """
+        attempt = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        release = deploy(release_op(launcher=launcher, attempt=attempt), s3=False)
+        with dsl.ExitHandler(release, name="iteration"):
+            plan = deploy(
+                plan_op(
+                    iteration=iteration,
+                    prompts_uri=prompts_uri,
+                    prompt_pool_uri=prompt_pool_uri,
+                    prompts_per_iteration=prompts_per_iteration,
+                    policy_uri=policy_uri,
+                    base_policy_uri=base_policy_uri,
+                    eval_uri=eval_uri,
+                )
+            )
+            number, starting = plan.outputs["iteration"], plan.outputs["policy_uri"]
+            publish = deploy(
+                publish_op(iteration=number, prompts_uri=plan.outputs["prompts_uri"]), kafka=True
+            )
+            wait = deploy(
+                wait_op(
+                    iteration=number,
+                    published=publish.output,
+                    target_count=target_count,
+                    deadline_s=deadline_s,
+                    min_count=min_count,
+                ),
+                kafka=True,
+            )
+            sealed = deploy(seal_op(iteration=number, builder_url=builder_url)).after(wait)
+            trained = deploy(
+                train_op(
+                    iteration=number,
+                    policy_uri=starting,
+                    launcher=launcher,
+                    objective=objective,
+                    threshold=threshold,
+                    unlikelihood_weight=unlikelihood_weight,
+                    lora=lora,
+                    lora_r=lora_r,
+                    lora_alpha=lora_alpha,
+                    learning_rate=learning_rate,
+                    gpus=gpus,
+                    trainer_overrides_json=trainer_overrides_json,
+                    attempt=attempt,
+                    manifest=sealed.outputs["manifest"],
+                ),
+                w.train,
+            )
+            evaluated = deploy(
+                evaluate_op(
+                    iteration=number,
+                    policy_uri=starting,
+                    eval_uri=eval_uri,
+                    gate_tolerance=gate_tolerance,
+                    judge=judge,
+                    judge_options_json=judge_options_json,
+                    eval_overrides_json=eval_overrides_json,
+                    model=trained.outputs["model"],
+                ),
+                w.evaluate,
+                secrets=(w.judge,),
+            )
+            with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
+                deploy(
+                    promote_op(
+                        iteration=number,
+                        policy_admin_url=policy_admin_url,
+                        model=trained.outputs["model"],
+                        manifest=sealed.outputs["manifest"],
+                        metrics=evaluated.outputs["metrics"],
+                    ),
+                    secrets=(w.policy_admin,),
+                )
+
+    return online_iteration
+
+
+online_iteration = build_pipeline()

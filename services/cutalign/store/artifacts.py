@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import urllib3
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from minio import Minio
@@ -79,6 +80,17 @@ def manifest_json(message: Message) -> bytes:
     return json_format.MessageToJson(message, preserving_proto_field_name=True, sort_keys=True).encode()
 
 
+def _trusting(ca_bundle: str) -> urllib3.PoolManager:
+    """minio's default HTTP client (timeouts, retries on 5xx) that verifies the endpoint by ``ca_bundle``."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=300, read=300),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=ca_bundle,
+        retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
 class ArtifactStore:
     """Typed access to one bucket. Thread-safe as the underlying ``Minio`` client is."""
 
@@ -92,6 +104,7 @@ class ArtifactStore:
             secret_key=secret_key,
             secure=settings.secure,
             region=settings.region,
+            http_client=_trusting(settings.ca_bundle) if settings.ca_bundle else None,
         )
 
     def uri(self, key: str) -> str:
