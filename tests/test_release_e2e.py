@@ -177,7 +177,7 @@ def run(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> It
     base = store.uri("models/base")
     task = CountingTask()
     for key, rows in (
-        ("data/pool.jsonl", task.train_prompts(POOL)),
+        ("data/pool.jsonl", task.train_prompts()[:POOL]),
         ("data/eval.jsonl", task.eval_prompts()[:EVAL]),
     ):
         store.put_bytes(key, "".join(json.dumps(r) + "\n" for r in rows).encode())
