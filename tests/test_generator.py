@@ -343,7 +343,7 @@ def test_sigkill_mid_stream_and_restart_yields_every_prompt_exactly_once_by_samp
            "OMP_NUM_THREADS": "1"}  # fmt: skip
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, str(ROOT / "services/generator/main.py")], env=env,
+        return subprocess.Popen([sys.executable, "-m", "cutalign.generator.service"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
     seen: dict[str, list[messages_pb2.Sample]] = {}
