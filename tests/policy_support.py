@@ -13,6 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cutalign.modelinit import build_char_tokenizer
+from cutalign.policy.launcher import PolicyServerProcess
 
 CORPUS = string.printable
 
@@ -63,3 +64,9 @@ def http_json(
         return status, json.loads(raw)
     except json.JSONDecodeError:
         return status, raw.decode(errors="replace")
+
+
+def admin_load(server: PolicyServerProcess, body: Any, token: str | None = None) -> tuple[int, Any]:
+    """``POST /v1/policy/load`` with the server's admin token (or ``token``)."""
+    auth = {"authorization": f"Bearer {token if token is not None else server.admin_token}"}
+    return http_json("POST", f"{server.url}/v1/policy/load", body, auth)

@@ -128,7 +128,14 @@ class PolicyServerSettings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
     watch_current: bool = Field(False, description="Hot-reload each new release in policy/current.json.")
     watch_interval_s: float = Field(10.0, gt=0, description="How often policy/current.json is read.")
-    admin_token: SecretStr | None = Field(None, description="Bearer token of /v1/policy/load (a Secret).")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of POST /v1/policy/load (a Secret; generated at start when unset)."
+    )
+    load_roots: list[str] = Field(
+        default_factory=list,
+        description="URI prefixes POST /v1/policy/load may load from (empty: s3://<bucket>/iterations/).",
+    )
+    host: str = Field("127.0.0.1", description="Address the server binds (0.0.0.0 inside a pod).")
 
 
 class GeneratorSettings(BaseSettings):

@@ -95,9 +95,14 @@ def promote_candidate(
 
 
 def reload_policy_server(
-    admin_url: str, release: training_pb2.PolicyRelease, *, token: str | None = None, timeout_s: float = 120.0
+    admin_url: str, release: training_pb2.PolicyRelease, *, token: str | None, timeout_s: float = 120.0
 ) -> dict[str, Any]:
     """Ask the embedded policy server to load ``release`` now (it refuses files that miss the sha256)."""
+    if not token:
+        raise ValueError(
+            f"hot-reloading the policy server at {admin_url} needs its admin token: set "
+            "CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN (on a cluster, from the server's admin Secret)"
+        )
     version = release.version
     body = {
         "uri": version.uri,

@@ -19,9 +19,11 @@ after a crash produces the same key and the same bytes (idempotent).
 
 from __future__ import annotations
 
+ITERATIONS_PREFIX = "iterations/"  # every iteration's outputs, trained candidates (releases) included
+
 
 def iteration_prefix(iteration: int) -> str:
-    return f"iterations/{iteration:04d}/"
+    return f"{ITERATIONS_PREFIX}{iteration:04d}/"
 
 
 def prompts_key(iteration: int, split: str = "train") -> str:
