@@ -32,7 +32,9 @@ _SECTION_KEYS = {
     "JUDGE": "JUDGE OPTIONS_JSON GUARD GUARD_MIN_CHARS GUARD_MIN_TOKENS",
     "BUILDER": "ALIGN_P_RATIO SEED",
     "ITERATION": "MODEL_ID POLL_INTERVAL_S HTTP_TIMEOUT_S COUNT_DEAD_LETTERS JOB_POLL_INTERVAL_S "
-    "JOB_TIMEOUT_S",
+    "JOB_TIMEOUT_S POLICY_RESOURCE POLICY_NAMESPACE ROLLOUT_TIMEOUT_S",
+    "POLICY": "MODE LORA_ADAPTERS",
+    "MODEL_SYNC": "BASE_MODEL_URI",
     "LAUNCHER": "NAMESPACE IMAGE IMAGE_PULL_POLICY SERVICE_ACCOUNT WORKERS NPROC_PER_NODE CPU MEMORY "
     "SHM_SIZE NODE_SELECTOR TOLERATIONS POD_LABELS S3_SECRET BACKOFF_LIMIT TTL_SECONDS_AFTER_FINISHED "
     "ACTIVE_DEADLINE_SECONDS TRAINJOB_RUNTIME",
@@ -228,29 +230,28 @@ def promote_policy(
     manifest: dsl.Input[dsl.Dataset],
     metrics: dsl.Input[dsl.Metrics],
 ) -> str:
-    """Release the candidate (policy/current.json) and hot-reload the policy server if a URL is given."""
+    """Release the candidate (policy/current.json) and roll it out in CUTALIGN_POLICY_MODE's serving stack."""
     import logging
 
-    from cutalign.config import IterationSettings, S3Settings
-    from cutalign.iteration.promote import promote_candidate, reload_policy_server
+    from cutalign.config import IterationSettings, ModelSyncSettings, PolicySettings, S3Settings
+    from cutalign.iteration.promote import publish_release
     from cutalign.store import ArtifactStore
     from cutalign.store.layout import release_key
 
     logging.basicConfig(level=logging.INFO)
-    settings = IterationSettings()
+    settings = IterationSettings(**({"policy_admin_url": policy_admin_url} if policy_admin_url else {}))
     store = ArtifactStore(S3Settings())
-    release = promote_candidate(
+    publish_release(
         store,
         iteration=iteration,
         model_uri=model.metadata["uri"],
+        trained_from=model.metadata["trained_from"],
         eval_metrics={k: float(v) for k, v in metrics.metadata.items() if isinstance(v, int | float)},
         manifest_key=store.key_of(manifest.metadata["uri"]),
-        model_id=settings.model_id,
-        s3=store.settings,
+        settings=settings,
+        policy=PolicySettings(),
+        sync=ModelSyncSettings(),
     )
-    if policy_admin_url:
-        token = settings.policy_admin_token.get_secret_value() if settings.policy_admin_token else None
-        reload_policy_server(policy_admin_url, release, token=token, timeout_s=settings.http_timeout_s)
     return store.uri(release_key(iteration))
 
 

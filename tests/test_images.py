@@ -41,6 +41,7 @@ PINNED_BASE = re.compile(r"^[\w./-]+(:\d+\.\d+\.\d+[\w.-]*|@sha256:[a-f0-9]{64})
 # answer --help in the runtime environment. The Kafka services take no arguments and are imported instead.
 ARGUMENT_MODULES = (
     "cutalign.policy.server",
+    "cutalign.policy.sync",
     "cutalign.judging.kserve_model",
     "cutalign.k8s.pipeline_upload",
 )

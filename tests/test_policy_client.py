@@ -16,6 +16,7 @@ import pytest
 from cutalign.config import PolicySettings
 from cutalign.policy.client import PolicyClient, PolicyRejected, PolicyUnavailable
 from cutalign.policy.launcher import free_port
+from cutalign.policy.served import read_served
 
 ANSWER = {
     "id": "x", "object": "chat.completion", "created": 0, "model": "policy", "system_fingerprint": "tgi-2.4",
@@ -132,7 +133,7 @@ def test_connection_refused_is_retried_then_unavailable() -> None:
         client.complete("x")
     assert len(slept) == 2
     with pytest.raises(PolicyUnavailable):
-        client.served_version()
+        read_served(settings(f"http://127.0.0.1:{free_port()}", max_retries=1), sleep=lambda s: None)
 
 
 def test_stub_sees_at_most_max_in_flight_requests(stub: Callable) -> None:

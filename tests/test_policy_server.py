@@ -18,6 +18,7 @@ from cutalign.policy.client import PolicyClient, PolicyRejected
 from cutalign.policy.generation import SamplingParams, generate
 from cutalign.policy.launcher import PolicyServerProcess, start_policy_server
 from cutalign.policy.loading import LoadedPolicy, load_policy
+from cutalign.policy.served import read_served
 from cutalign.policy.version import dir_sha256
 from policy_support import http_json, tiny_policy
 
@@ -79,8 +80,9 @@ def test_seeded_sampling_through_the_server_is_reproducible(
 def test_served_version_names_model_sha_iteration_and_uri(
     server: PolicyServerProcess, checkpoint: Path
 ) -> None:
-    for backend in ("openai", "tgi"):
-        version = client(server, backend).served_version()
+    for mode in ("embedded", "kserve"):  # KServe runs this same server as its predictor
+        (served,) = read_served(PolicySettings(url=server.url, mode=mode)).models
+        version = served.version
         assert (version.model_id, version.iteration, version.uri) == ("tiny", 2, str(checkpoint))
         assert version.checkpoint_sha256 == dir_sha256(checkpoint)
 

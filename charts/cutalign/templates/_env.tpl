@@ -82,15 +82,16 @@ Usage: {{ include "cutalign.env.skip" "kafka" }} -> used via fromJsonArray
 {{- $skip := dict
   "kafka" (list "existingSecret" "saslUsernameKey" "saslPasswordKey" "strimzi")
   "s3" (list "existingSecret" "accessKeyKey" "secretKeyKey" "endpoint")
-  "policy" (concat $k8s (list "mode" "url" "backend" "existingSecret" "apiTokenKey" "gpus" "tgi" "kserve"))
+  "policy" (concat $k8s (list "url" "backend" "existingSecret" "apiTokenKey" "gpus" "vllm" "tgi" "kserve" "rollout" "modelVolumeSize" "shmSize" "modelSyncResources"))
   "policyServer" (list "existingSecret" "adminTokenKey")
+  "modelSync" (list)
   "generator" $k8s
   "judge" (append $k8s "kserve")
   "builder" $k8s
   "feedback" (concat $k8s (list "existingSecret" "tokenKey" "userHashSaltKey" "service" "ingress"))
   "trainer" (list)
   "launcher" (list)
-  "iteration" (list "builderUrl" "policyAdminUrl")
+  "iteration" (list "builderUrl" "policyAdminUrl" "policyResource" "policyNamespace")
 -}}
 {{- toJson (get $skip .) -}}
 {{- end -}}
@@ -115,6 +116,10 @@ CUTALIGN_ITERATION_BUILDER_URL: {{ . | quote }}
 {{- end }}
 {{- with (include "cutalign.iteration.policyAdminUrl" $ctx) }}
 CUTALIGN_ITERATION_POLICY_ADMIN_URL: {{ . | quote }}
+{{- end }}
+{{- with (include "cutalign.iteration.policyResource" $ctx) }}
+CUTALIGN_ITERATION_POLICY_RESOURCE: {{ . | quote }}
+CUTALIGN_ITERATION_POLICY_NAMESPACE: {{ default $ctx.Release.Namespace $ctx.Values.iteration.policyNamespace | quote }}
 {{- end }}
 {{- end }}
 {{- end }}

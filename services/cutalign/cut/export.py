@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from cutalign.cut.location import as_prefix, is_s3, resolve
+from cutalign.cut.location import as_prefix, is_s3, join, resolve
 from cutalign.cut.modeling import merged_model
 from cutalign.store import ArtifactStore
 
@@ -38,6 +38,12 @@ def weights_sha256(directory: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def adapter_location(model: str) -> str:
+    """Where a LoRA run's unmerged adapter is exported: ``adapter`` beside the merged model's location."""
+    parent = model.rstrip("/").rsplit("/", 1)[0] if "/" in model.rstrip("/") else "."
+    return join(parent, "adapter")
 
 
 def export_merged(

@@ -15,6 +15,8 @@ are on the wire at any time, however many threads call; a thread waiting out a b
 
 Every ``Completion`` carries the ``GenerationParams`` it was decoded with (recorded on each Sample) and, when
 the server reports it, the sha256 of the policy that produced it, so a caller can verify every response.
+What a server serves is read by ``policy.served`` (per serving mode); the version guard then sets
+``served_model`` to the name the verified release is served under (vLLM: its release id).
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ class PolicyClient:
         self._client = InferenceClient(
             model=self._url, provider="hf-inference", token=token, timeout=settings.timeout_s
         )
+        # the model name requests carry; the version guard sets it to what it verified (vLLM: the release id)
+        self.served_model = settings.model_name
         self._slots = threading.BoundedSemaphore(settings.max_in_flight)
         self._pool = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="policy-client")
 
@@ -184,7 +188,7 @@ class PolicyClient:
             return out.generated_text, str(details.finish_reason), int(details.generated_tokens), _sha_of(out)
         chat = self._client.chat_completion(
             [{"role": "user", "content": prompt}],
-            model=self.settings.model_name,
+            model=self.served_model,
             max_tokens=params.max_new_tokens,
             temperature=params.temperature if sampled else 0.0,
             top_p=params.top_p if sampled else None,
@@ -199,38 +203,6 @@ class PolicyClient:
             else None
         )
         return choice.message.content or "", str(choice.finish_reason), int(chat.usage.completion_tokens), sha
-
-    # -- version -------------------------------------------------------------------------------------------
-
-    def served_version(self) -> common_pb2.PolicyVersion:
-        """The policy the server says it serves, from ``GET /info`` (TGI and the embedded server).
-
-        The embedded server reports the full ``PolicyVersion``; TGI reports ``model_id`` and ``model_sha``
-        (the hub revision — empty for a local directory, in which case the version cannot be verified).
-        """
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                info = self._client.get_endpoint_info()
-                break
-            except (HfHubHTTPError, httpx2.TransportError) as e:
-                if not is_retryable(e):
-                    raise PolicyRejected(_status_of(e) or 400, f"GET {self._url}/info: {e}") from e
-                if attempt > self.settings.max_retries:
-                    raise PolicyUnavailable(attempt, e) from e
-                self._sleep(random.uniform(0, self.settings.retry_backoff_s * 2 ** (attempt - 1)))
-        policy = info.get("policy")
-        if isinstance(policy, dict):
-            return common_pb2.PolicyVersion(
-                model_id=str(policy.get("model_id", "")),
-                checkpoint_sha256=str(policy.get("checkpoint_sha256", "")),
-                iteration=int(policy.get("iteration", 0)),
-                uri=str(policy.get("uri", "")),
-            )
-        return common_pb2.PolicyVersion(
-            model_id=str(info.get("model_id") or ""), checkpoint_sha256=str(info.get("model_sha") or "")
-        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

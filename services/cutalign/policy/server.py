@@ -16,40 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import types
-import typing
-from typing import Any
-
-from pydantic import SecretStr
 
 from cutalign.config import PolicyServerSettings, S3Settings
+from cutalign.policy.flags import add_settings_flags, settings_from_args
 
 log = logging.getLogger(__name__)
-
-
-def _strtobool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
-
-
-def _flag_type(annotation: Any) -> dict[str, Any]:
-    """argparse ``type``/``choices`` for a settings field annotation (``X | None`` accepts X)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        annotation = args[0]
-    if typing.get_origin(annotation) is typing.Literal:
-        return {"choices": list(typing.get_args(annotation))}
-    if annotation is bool:
-        return {"type": _strtobool}
-    if annotation in (int, float):
-        return {"type": annotation}
-    if typing.get_origin(annotation) is list:
-        return {"type": str, "nargs": "+"}
-    return {"type": str}
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -61,28 +32,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description="Serve a cutalign policy (causal LM, LoRA or merged) with batching and hot reload.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from_env = PolicyServerSettings()  # values from the environment
-    for name, field in PolicyServerSettings.model_fields.items():
-        default = getattr(from_env, name)
-        if isinstance(default, SecretStr) or default == []:
-            default = None  # never print a secret in --help; an unset flag falls back to the environment
-        parser.add_argument(
-            f"--{name}", default=default, help=field.description, **_flag_type(field.annotation)
-        )
+    add_settings_flags(parser, PolicyServerSettings)
     parser.set_defaults(model_name="policy", enable_grpc=False)
     return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> PolicyServerSettings:
-    """Flags win; a flag left unset (None) falls back to its ``CUTALIGN_POLICY_SERVER_*`` variable."""
-    given = {name: getattr(args, name) for name in PolicyServerSettings.model_fields}
-    return PolicyServerSettings(**{name: value for name, value in given.items() if value is not None})
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    settings = settings_from_args(args)
+    settings = settings_from_args(PolicyServerSettings, args)
     if not settings.policy_uri:
         parser.error(
             "--policy_uri (or CUTALIGN_POLICY_SERVER_POLICY_URI) is required: a directory or s3:// prefix"
