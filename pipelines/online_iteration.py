@@ -239,7 +239,9 @@ def promote_policy(
     from cutalign.store.layout import release_key
 
     logging.basicConfig(level=logging.INFO)
-    settings = IterationSettings(**({"policy_admin_url": policy_admin_url} if policy_admin_url else {}))
+    settings = IterationSettings()
+    if policy_admin_url:
+        settings = settings.model_copy(update={"policy_admin_url": policy_admin_url})
     store = ArtifactStore(S3Settings())
     publish_release(
         store,
