@@ -125,7 +125,7 @@ def roll_deployment(
     def complete() -> bool:
         deployment = apps.read_namespaced_deployment(name, namespace)
         status = deployment.status
-        if int(status.observed_generation or 0) < generation:
+        if status is None or int(status.observed_generation or 0) < generation:
             return False
         for condition in status.conditions or []:
             if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
