@@ -44,7 +44,7 @@ from cutalign.cut.collator import CutCollator, ExampleTokenizer, TokenizedExampl
 from cutalign.cut.detection import DetectionCounts
 from cutalign.cut.distributed import Dist, init_distributed
 from cutalign.cut.examples import DataError, downsample_positives, load_examples
-from cutalign.cut.export import MetricsLog, export_merged, read_metrics
+from cutalign.cut.export import MetricsLog, adapter_location, export_adapter, export_merged, read_metrics
 from cutalign.cut.location import is_s3, join
 from cutalign.cut.modeling import fetch_model_dir, load_model, load_tokenizer, trainable_parameters
 from cutalign.cut.objectives import Objective, StepLoss, backward_micro_batch, make_objective, should_fuse
@@ -190,6 +190,7 @@ class _Run:
     ) -> TrainResult:
         started = time.perf_counter()
         s, dist = self.settings, self.dist
+        self.base_uri = model_uri
         model_dir = fetch_model_dir(model_uri, self.work, self.store)
         tokenizer = load_tokenizer(model_dir)
         dataset = build_dataset(s, data, tokenizer, self.objective, self.store)
@@ -327,6 +328,8 @@ class _Run:
         if self.dist.is_main:
             if not last and self.metrics_path.exists():  # resumed a finished run: report its last step
                 last = read_metrics(self.metrics_path)[-1]
+            adapter = adapter_location(self.outputs.model)
+            export_adapter(model, adapter, self.base_uri, self.work, self.store)  # before merging
             digest = export_merged(model, tokenizer, self.outputs.model, self.work, self.store)
             if is_s3(self.outputs.metrics) and self.metrics_path.exists():
                 MetricsLog(self.metrics_path).upload(self.outputs.metrics, self.store)
