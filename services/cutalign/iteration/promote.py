@@ -29,18 +29,15 @@ from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kubernetes.client import ApiClient
 
 from cutalign.config import IterationSettings, ModelSyncSettings, PolicySettings, S3Settings
 from cutalign.cut.export import adapter_location
 from cutalign.iteration.evaluate import ACCURACY
-from cutalign.iteration.http import post_json
 from cutalign.policy.loading import ADAPTER_CONFIG, local_checkpoint
 from cutalign.policy.promotion import build_release, current_release, promote
-from cutalign.policy.rollout import in_cluster_client, roll_deployment, set_storage_uri, this_namespace
-from cutalign.policy.version import release_id
+from cutalign.policy.rollout import roll_out
 from cutalign.store import ArtifactStore, ManifestExists, parse_s3_uri
 from cutalign.store.layout import CURRENT_POLICY_KEY, release_key
 from cutalign.v1 import training_pb2
@@ -163,54 +160,6 @@ def publish_release(
     return release
 
 
-def roll_out(
-    release: training_pb2.PolicyRelease,
-    *,
-    settings: IterationSettings,
-    policy: PolicySettings,
-    kube: ApiClient | None = None,
-    poll_s: float = 5.0,
-) -> None:
-    """Make ``policy.mode``'s serving stack serve ``release``; returns once it does (or raises)."""
-    if policy.mode == "embedded":
-        if settings.policy_admin_url:
-            token = settings.policy_admin_token.get_secret_value() if settings.policy_admin_token else None
-            reload_policy_server(
-                settings.policy_admin_url, release, token=token, timeout_s=settings.http_timeout_s
-            )
-        else:
-            log.info("no policy admin URL: servers watching policy/current.json load the release")
-        return
-    if policy.mode == "vllm" and release.base_model_uri:
-        log.info("LoRA release %s: each vLLM pod's model sync loads it", release_id(release.version))
-        return
-    if not settings.policy_resource:
-        raise ValueError(
-            f"policy.mode {policy.mode} rolls releases out through the Kubernetes API: set "
-            "CUTALIGN_ITERATION_POLICY_RESOURCE to the policy's Deployment or InferenceService name"
-        )
-    api = kube or in_cluster_client()
-    namespace = settings.policy_namespace or this_namespace()
-    if policy.mode == "kserve":
-        set_storage_uri(
-            api,
-            namespace,
-            settings.policy_resource,
-            release.version.uri,
-            timeout_s=settings.rollout_timeout_s,
-            poll_s=poll_s,
-        )
-    else:
-        roll_deployment(
-            api,
-            namespace,
-            settings.policy_resource,
-            release_id(release.version),
-            timeout_s=settings.rollout_timeout_s,
-            poll_s=poll_s,
-        )
-
-
 def _same(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
@@ -220,26 +169,3 @@ def _is_adapter(store: ArtifactStore, uri: str) -> bool:
         return (Path(uri) / ADAPTER_CONFIG).is_file()
     bucket, key = parse_s3_uri(uri)
     return ArtifactStore(store.settings, bucket=bucket).exists(f"{key.rstrip('/')}/{ADAPTER_CONFIG}")
-
-
-def reload_policy_server(
-    admin_url: str, release: training_pb2.PolicyRelease, *, token: str | None, timeout_s: float = 120.0
-) -> dict[str, Any]:
-    """Ask the embedded policy server to load ``release`` now (it refuses files that miss the sha256)."""
-    if not token:
-        raise ValueError(
-            f"hot-reloading the policy server at {admin_url} needs its admin token: set "
-            "CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN (on a cluster, from the server's admin Secret)"
-        )
-    version = release.version
-    body = {
-        "uri": version.uri,
-        "iteration": version.iteration,
-        "expected_sha256": version.checkpoint_sha256,
-        "model_id": version.model_id,
-    }
-    if release.base_model_uri:
-        body["base_uri"] = release.base_model_uri
-    answer = post_json(f"{admin_url.rstrip('/')}/v1/policy/load", body, token=token, timeout_s=timeout_s)
-    log.info("policy server %s now serves %s", admin_url, version.checkpoint_sha256[:12])
-    return answer

@@ -1,17 +1,21 @@
-"""Rolling a promoted release out through the Kubernetes API: what makes vLLM, TGI and KServe serve it.
+"""Rolling a promoted release out: what makes the embedded server, vLLM, TGI and KServe serve it.
 
-* **KServe** (``kserve`` mode): the InferenceService's predictor container gets the release as its storage
-  URI (``STORAGE_URI``, how KServe gives a custom predictor container its model: the storage initializer
+``roll_out`` does what ``policy.mode`` needs:
+
+* **embedded**: the server's admin route hot-reloads the release (``iteration.policy_admin_url`` and its
+  token), else the servers following ``policy/current.json`` (``watch_current``) load it themselves;
+* **KServe**: the InferenceService's predictor container gets the release as its storage URI
+  (``STORAGE_URI``, how KServe gives a custom predictor container its model: the storage initializer
   downloads it into ``/mnt/models`` before the server starts), so ``kubectl get isvc -o yaml`` names the
   served release and KServe rolls a new revision out, readiness-gated. The patch carries the object's
   ``resourceVersion``: a concurrent change is a 409 and the read-modify-patch is retried;
-* **Deployment** (``vllm`` and ``tgi`` modes, full releases): the pod template's annotation
-  ``cutalign.io/policy-release`` is set to the release id — the ``kubectl rollout restart`` mechanism: a
-  rolling update whose new pods' model sync fetches the promoted release, while old pods serve until new
-  ones are ready. A
-  ``helm upgrade`` leaves the annotation alone (the chart never renders it).
+* **vLLM / TGI Deployment** (full releases): the pod template's annotation ``cutalign.io/policy-release`` is
+  set to the release id — the ``kubectl rollout restart`` mechanism: a rolling update whose new pods' model
+  sync fetches the promoted release while old pods serve until new ones are ready (``helm upgrade`` leaves
+  the annotation alone: the chart never renders it);
+* **vLLM LoRA release**: nothing here — each pod's model-sync sidecar loads it (``policy.sync``).
 
-Both wait until the rollout is complete, by the rules ``kubectl rollout status`` applies (Deployment) or the
+Rollouts wait until complete, by the rules ``kubectl rollout status`` applies (Deployment) or the
 InferenceService's ``Ready`` condition for the patched generation, so a promotion returns only once every
 replica serves the release. ``RolloutFailed`` says why it did not (timeout, progress deadline, failed load).
 """
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from kubernetes.client import ApiClient, AppsV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from tenacity import (
@@ -35,6 +40,10 @@ from tenacity import (
     wait_fixed,
     wait_random_exponential,
 )
+
+from cutalign.config import IterationSettings, PolicySettings
+from cutalign.policy.version import release_id
+from cutalign.v1 import training_pb2
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +58,14 @@ class RolloutFailed(RuntimeError):
     """The resource did not finish serving the release."""
 
 
-def in_cluster_client() -> ApiClient:
-    """An ``ApiClient`` authenticated as this pod's service account."""
+def kube_client() -> ApiClient:
+    """An ``ApiClient`` as this pod's service account, or (outside a cluster) as the kubeconfig's user."""
     from kubernetes import client, config
 
-    config.load_incluster_config()
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
     return client.ApiClient()
 
 
@@ -147,3 +159,83 @@ def _wait(done: Callable[[], bool], what: str, timeout_s: float, poll_s: float) 
     except RetryError as e:
         raise RolloutFailed(f"{what}: not complete after {timeout_s:.0f}s") from e
     log.info("%s: complete", what)
+
+
+def roll_out(
+    release: training_pb2.PolicyRelease,
+    *,
+    settings: IterationSettings,
+    policy: PolicySettings,
+    kube: ApiClient | None = None,
+    poll_s: float = 5.0,
+) -> None:
+    """Make ``policy.mode``'s serving stack serve ``release``; returns once it does (or raises)."""
+    if policy.mode == "embedded":
+        if settings.policy_admin_url:
+            token = settings.policy_admin_token.get_secret_value() if settings.policy_admin_token else None
+            reload_policy_server(
+                settings.policy_admin_url, release, token=token, timeout_s=settings.http_timeout_s
+            )
+        else:
+            log.info("no policy admin URL: servers watching policy/current.json load the release")
+        return
+    if policy.mode == "vllm" and release.base_model_uri:
+        log.info("LoRA release %s: each vLLM pod's model sync loads it", release_id(release.version))
+        return
+    if not settings.policy_resource:
+        raise ValueError(
+            f"policy.mode {policy.mode} rolls releases out through the Kubernetes API: set "
+            "CUTALIGN_ITERATION_POLICY_RESOURCE to the policy's Deployment or InferenceService name"
+        )
+    api = kube or kube_client()
+    namespace = settings.policy_namespace or this_namespace()
+    if policy.mode == "kserve":
+        set_storage_uri(
+            api,
+            namespace,
+            settings.policy_resource,
+            release.version.uri,
+            timeout_s=settings.rollout_timeout_s,
+            poll_s=poll_s,
+        )
+    else:
+        roll_deployment(
+            api,
+            namespace,
+            settings.policy_resource,
+            release_id(release.version),
+            timeout_s=settings.rollout_timeout_s,
+            poll_s=poll_s,
+        )
+
+
+def reload_policy_server(
+    admin_url: str, release: training_pb2.PolicyRelease, *, token: str | None, timeout_s: float = 120.0
+) -> dict[str, Any]:
+    """Ask the embedded policy server to load ``release`` now (it refuses files that miss the sha256)."""
+    if not token:
+        raise ValueError(
+            f"hot-reloading the policy server at {admin_url} needs its admin token: set "
+            "CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN (on a cluster, from the server's admin Secret)"
+        )
+    version = release.version
+    body = {
+        "uri": version.uri,
+        "iteration": version.iteration,
+        "expected_sha256": version.checkpoint_sha256,
+        "model_id": version.model_id,
+    }
+    if release.base_model_uri:
+        body["base_uri"] = release.base_model_uri
+    url = f"{admin_url.rstrip('/')}/v1/policy/load"
+    try:
+        response = httpx2.post(
+            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
+        )
+    except httpx2.TransportError as e:
+        raise RolloutFailed(f"POST {url} failed: {e}; is the server running and the URL right?") from e
+    if response.status_code >= 400:
+        raise RolloutFailed(f"POST {url} answered {response.status_code}: {response.text[:2000]}")
+    log.info("policy server %s now serves %s", admin_url, version.checkpoint_sha256[:12])
+    answer: dict[str, Any] = response.json()
+    return answer
