@@ -34,7 +34,7 @@ from cutalign.policy.client import PolicyClient
 from cutalign.policy.launcher import PolicyServerProcess, start_policy_server
 from cutalign.policy.promotion import build_release, current_release, promote
 from cutalign.policy.rollout import RELEASE_ANNOTATION, STORAGE_URI_ENV
-from cutalign.policy.sync import SERVED_MARKER, SyncError, VLLMAdapters, reconcile, sync_base
+from cutalign.policy.sync import SERVED_MARKER, SyncError, VLLMAdapters, follow, reconcile, sync_base
 from cutalign.policy.version import dir_sha256, policy_sha256, release_id
 from cutalign.store import ArtifactStore
 from cutalign.v1 import training_pb2
@@ -78,6 +78,15 @@ def guard_on(url: str, mode: str, store: ArtifactStore | None, expected: str | N
     backend = "tgi" if mode == "tgi" else "openai"  # the chart's choice per mode
     settings = PolicySettings(url=url, mode=mode, backend=backend, max_retries=0, max_new_tokens=4)  # type: ignore[arg-type]
     return VersionGuard(PolicyClient(settings), expected, store)
+
+
+def refusal_of(guard: VersionGuard) -> list[str]:
+    """What the guard says while a rollout is under way (promoted, but the old pod still answers)."""
+    try:
+        guard.check()
+    except PolicyVersionMismatch as e:
+        return [str(e)]
+    return []
 
 
 def publish(
@@ -237,14 +246,7 @@ def test_kserve_promotion_points_the_inference_service_at_the_release(
         assert guard.check().checkpoint_sha256 == dir_sha256(checkpoints["base"])
 
         refusals: list[str] = []
-
-        def check_while_rolling() -> None:  # promoted, not yet served: the old pod still answers
-            try:
-                guard.check()
-            except PolicyVersionMismatch as e:
-                refusals.append(str(e))
-
-        controller.during_rollout = check_while_rolling
+        controller.during_rollout = lambda: refusals.extend(refusal_of(guard))
         kube.on_spec_change = controller.on_spec_change
         release = publish(
             store, "kserve", model_uri=uploaded["model"], trained_from=uploaded["base"], kube=kube
@@ -363,14 +365,7 @@ def test_a_full_release_rolls_the_deployment_and_the_model_sync_serves_it(
         assert base.checkpoint_sha256 == dir_sha256(checkpoints["base"]), "the synced base, by its release id"
 
         refusals: list[str] = []
-
-        def check_while_rolling() -> None:
-            try:
-                guard.check()
-            except PolicyVersionMismatch as e:
-                refusals.append(str(e))
-
-        controller.during_rollout = check_while_rolling
+        controller.during_rollout = lambda: refusals.extend(refusal_of(guard))
         kube.on_spec_change = controller.on_spec_change
         # trained from something the pods do not serve as a LoRA base: released merged, rolled out
         release = publish(
@@ -408,7 +403,11 @@ def test_the_model_sync_refuses_a_release_whose_files_do_not_hash_to_it(
 
 
 def test_a_lora_release_is_loaded_into_the_running_vllm_without_a_restart(
-    store: ArtifactStore, uploaded: dict[str, str], checkpoints: dict[str, Path], tmp_path: Path
+    store: ArtifactStore,
+    uploaded: dict[str, str],
+    checkpoints: dict[str, Path],
+    tmp_path: Path,
+    kube: FakeKubernetesAPI,
 ) -> None:
     models = tmp_path / "models"
     sync = ModelSyncSettings(base_model_uri=uploaded["base"], models_dir=str(models), keep_adapters=2)
@@ -433,17 +432,34 @@ def test_a_lora_release_is_loaded_into_the_running_vllm_without_a_restart(
             assert client.complete(PROMPT).text == f"[{name}]"
         assert vllm.requests[-1] == ("/v1/chat/completions", name), "requested by its release id"
 
-        # two more promotions: the oldest adapter is unloaded (keep_adapters=2), and refused by a guard
-        # still expecting it
+        # two more promotions, now with the sidecar running and the chart's Deployment (1 replica) in the
+        # stand-in Kubernetes API: each promotion returns once the pod reports serving it; the oldest adapter
+        # is unloaded (keep_adapters=2), and refused by a guard still expecting it
+        kube.add(rendered("Deployment", "policy.mode=vllm", "policy.replicas=1"))
+        stop = threading.Event()
+        following = sync.model_copy(update={"interval_s": 0.1, "http_port": 0, "server_url": vllm.url})
+        sidecar_loop = threading.Thread(target=follow, args=(following, store, stop), daemon=True)
+        sidecar_loop.start()
         releases = [release]
-        for i in (2, 3):
-            store.upload_dir(f"iterations/{i:04d}/adapter/", checkpoints[f"adapter{i}"])
-            store.upload_dir(f"iterations/{i:04d}/model/", checkpoints["merged"])
-            model_uri = store.uri(f"iterations/{i:04d}/model")
-            releases.append(
-                publish(store, "vllm", model_uri=model_uri, trained_from=uploaded["base"], iteration=i)
-            )
-            reconcile(sync, store, sidecar, set())
+        try:
+            for i in (2, 3):
+                store.upload_dir(f"iterations/{i:04d}/adapter/", checkpoints[f"adapter{i}"])
+                store.upload_dir(f"iterations/{i:04d}/model/", checkpoints["merged"])
+                model_uri = store.uri(f"iterations/{i:04d}/model")
+                releases.append(
+                    publish(
+                        store,
+                        "vllm",
+                        model_uri=model_uri,
+                        trained_from=uploaded["base"],
+                        iteration=i,
+                        kube=kube,
+                    )
+                )
+                assert release_id(releases[-1].version) in vllm.adapters, "loaded before promotion returned"
+        finally:
+            stop.set()
+            sidecar_loop.join(10)
         assert list(vllm.adapters) == [release_id(r.version) for r in releases[1:]]
         assert not (tmp_path / "models" / "adapters" / name).exists(), "its files are gone too"
         assert guard.check().checkpoint_sha256 == releases[-1].version.checkpoint_sha256

@@ -156,7 +156,7 @@ def publish_release(
         model_id=settings.model_id,
         s3=store.settings,
     )
-    roll_out(release, settings=settings, policy=policy, kube=kube, poll_s=poll_s)
+    roll_out(release, settings=settings, policy=policy, store=store, kube=kube, poll_s=poll_s)
     return release
 
 

@@ -55,9 +55,10 @@ def rollback_command(
     from cutalign.policy.version import describe
     from cutalign.store import ArtifactStore
 
-    release = rollback(ArtifactStore(S3Settings()), iteration)
+    store = ArtifactStore(S3Settings())
+    release = rollback(store, iteration)
     typer.echo(f"policy/current.json -> {describe(release.version)}")
-    roll_out(release, settings=IterationSettings(), policy=PolicySettings())
+    roll_out(release, settings=IterationSettings(), policy=PolicySettings(), store=store)
     typer.echo("rolled out")
 
 

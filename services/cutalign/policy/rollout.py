@@ -13,7 +13,8 @@
   set to the release id — the ``kubectl rollout restart`` mechanism: a rolling update whose new pods' model
   sync fetches the promoted release while old pods serve until new ones are ready (``helm upgrade`` leaves
   the annotation alone: the chart never renders it);
-* **vLLM LoRA release**: nothing here — each pod's model-sync sidecar loads it (``policy.sync``).
+* **vLLM LoRA release**: each pod's model-sync sidecar loads it (``policy.sync``) and reports it in
+  ``policy/served/<pod>.json``; the rollout is complete when as many pods as the Deployment's replicas do.
 
 Rollouts wait until complete, by the rules ``kubectl rollout status`` applies (Deployment) or the
 InferenceService's ``Ready`` condition for the patched generation, so a promotion returns only once every
@@ -22,7 +23,9 @@ replica serves the release. ``RolloutFailed`` says why it did not (timeout, prog
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,8 @@ from tenacity import (
 
 from cutalign.config import IterationSettings, PolicySettings
 from cutalign.policy.version import release_id
+from cutalign.store import ArtifactStore, ObjectMissing
+from cutalign.store.layout import SERVED_PREFIX
 from cutalign.v1 import training_pb2
 
 log = logging.getLogger(__name__)
@@ -149,6 +154,34 @@ def roll_deployment(
     _wait(complete, f"Deployment {namespace}/{name} rolling out {release}", timeout_s, poll_s)
 
 
+def wait_for_pods_serving(
+    store: ArtifactStore,
+    api: ApiClient,
+    namespace: str,
+    name: str,
+    release: str,
+    *,
+    since_ms: int,
+    timeout_s: float,
+    poll_s: float = 5.0,
+) -> None:
+    """Wait until as many pods as the Deployment has replicas report serving ``release`` (policy/served/)."""
+    replicas = AppsV1Api(api).read_namespaced_deployment(name, namespace).spec.replicas
+    wanted = 1 if replicas is None else int(replicas)
+
+    def serving() -> bool:
+        count = 0
+        for key in store.list(SERVED_PREFIX):
+            try:
+                ack = json.loads(store.get_bytes(key))
+            except (ObjectMissing, ValueError):
+                continue  # a pod rewriting its report
+            count += ack.get("release") == release and int(ack.get("at_ms", 0)) >= since_ms
+        return count >= wanted
+
+    _wait(serving, f"{wanted} pod(s) of {namespace}/{name} loading {release}", timeout_s, poll_s)
+
+
 def _wait(done: Callable[[], bool], what: str, timeout_s: float, poll_s: float) -> None:
     try:
         Retrying(
@@ -166,6 +199,7 @@ def roll_out(
     *,
     settings: IterationSettings,
     policy: PolicySettings,
+    store: ArtifactStore,
     kube: ApiClient | None = None,
     poll_s: float = 5.0,
 ) -> None:
@@ -179,7 +213,8 @@ def roll_out(
         else:
             log.info("no policy admin URL: servers watching policy/current.json load the release")
         return
-    if policy.mode == "vllm" and release.base_model_uri:
+    lora = policy.mode == "vllm" and bool(release.base_model_uri)
+    if lora and not settings.policy_resource:
         log.info("LoRA release %s: each vLLM pod's model sync loads it", release_id(release.version))
         return
     if not settings.policy_resource:
@@ -189,7 +224,18 @@ def roll_out(
         )
     api = kube or kube_client()
     namespace = settings.policy_namespace or this_namespace()
-    if policy.mode == "kserve":
+    if lora:  # each pod's model sync loads it: wait until every replica says it serves it
+        wait_for_pods_serving(
+            store,
+            api,
+            namespace,
+            settings.policy_resource,
+            release_id(release.version),
+            since_ms=int(time.time() * 1000),  # reports written from now on: pods that are gone don't count
+            timeout_s=settings.rollout_timeout_s,
+            poll_s=poll_s,
+        )
+    elif policy.mode == "kserve":
         set_storage_uri(
             api,
             namespace,

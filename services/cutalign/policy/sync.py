@@ -27,10 +27,13 @@ Each pod syncs for itself: a load through the Service would reach one replica on
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import signal
+import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from types import FrameType
@@ -45,6 +48,7 @@ from cutalign.policy.flags import add_settings_flags, settings_from_args
 from cutalign.policy.promotion import current_release
 from cutalign.policy.version import describe, parse_release_id, policy_sha256, policy_version, release_id
 from cutalign.store import ArtifactStore, parse_s3_uri
+from cutalign.store.layout import served_key
 from cutalign.v1 import training_pb2
 
 log = logging.getLogger(__name__)
@@ -185,10 +189,29 @@ def sync_adapter(
     return target
 
 
+class Acknowledged:
+    """This pod's report of what it serves (``policy/served/<pod>.json``), refreshed every interval: a
+    promotion counts only fresh reports, so a pod that is gone stops counting (its name: the hostname)."""
+
+    def __init__(self, store: ArtifactStore, pod: str | None = None) -> None:
+        self.store, self.pod = store, pod or socket.gethostname()
+
+    def report(self, release: str) -> None:
+        body = {"pod": self.pod, "release": release, "at_ms": int(time.time() * 1000)}
+        self.store.put_bytes(served_key(self.pod), json.dumps(body).encode(), "application/json")
+
+
 def reconcile(
-    settings: ModelSyncSettings, store: ArtifactStore, vllm: VLLMAdapters, refused: set[str]
+    settings: ModelSyncSettings,
+    store: ArtifactStore,
+    vllm: VLLMAdapters,
+    refused: set[str],
+    ack: Acknowledged | None = None,
 ) -> str | None:
-    """Make vLLM serve the promoted LoRA release (if it can); returns the adapter id it serves, if any."""
+    """Make vLLM serve the promoted LoRA release (if it can); returns the adapter id it serves, if any.
+
+    With ``ack``, what the pod serves is reported to the store once it does: the promotion waits for it.
+    """
     models = Path(settings.models_dir)
     base = (models / SERVED_MARKER).read_text().strip()
     release = current_release(store)
@@ -209,6 +232,8 @@ def reconcile(
         wanted in loaded if wanted is not None else release is None or release_id(release.version) == base
     )
     POD_MISMATCH.set(0 if serves else 1)
+    if ack is not None and serves and release is not None:
+        ack.report(release_id(release.version))
     return wanted if wanted in loaded else None
 
 
@@ -237,9 +262,10 @@ def follow(settings: ModelSyncSettings, store: ArtifactStore, stop: threading.Ev
     try:
         vllm.wait_ready(timeout_s=3600)  # vLLM loads its base model first: minutes on a large one
         refused: set[str] = set()
+        ack = Acknowledged(store)
         while not stop.is_set():
             try:
-                reconcile(settings, store, vllm, refused)
+                reconcile(settings, store, vllm, refused, ack)
             except (SyncError, httpx2.HTTPError, OSError) as e:
                 log.error("model sync failed; retrying in %.0fs: %s", settings.interval_s, e)
             stop.wait(settings.interval_s)
