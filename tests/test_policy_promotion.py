@@ -137,8 +137,8 @@ def test_server_refuses_loads_to_anyone_when_no_token_is_configured(
     a, b = checkpoints
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "CUTALIGN_POLICY_SERVER_ADMIN_TOKEN"}
-    argv = [sys.executable, "-m", "cutalign.policy.server", "--http_port", str(port), "--policy_uri", str(a),
-            "--torch_threads", "1", "--load_roots", str(b.parent)]  # fmt: skip
+    argv = [sys.executable, "-m", "cutalign.policy.server", "--http_port", str(port), "--policy_uri", str(a)]
+    argv += ["--torch_threads", "1", "--load_roots", str(b.parent)]
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
