@@ -13,6 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cutalign.modelinit import build_char_tokenizer
+from cutalign.policy.launcher import PolicyServerProcess
 
 CORPUS = string.printable
 
@@ -63,3 +64,27 @@ def http_json(
         return status, json.loads(raw)
     except json.JSONDecodeError:
         return status, raw.decode(errors="replace")
+
+
+def admin_load(server: PolicyServerProcess, body: Any, token: str | None = None) -> tuple[int, Any]:
+    """``POST /v1/policy/load`` with the server's admin token (or ``token``)."""
+    auth = {"authorization": f"Bearer {token if token is not None else server.admin_token}"}
+    return http_json("POST", f"{server.url}/v1/policy/load", body, auth)
+
+
+def tiny_adapter(directory: Path, base: Path, seed: int = 0, base_uri: str | None = None) -> Path:
+    """A random (non-zero) LoRA adapter over ``base``, saved as PEFT does; ``base_uri`` names its base."""
+    from peft import LoraConfig, get_peft_model
+
+    model = LlamaForCausalLM.from_pretrained(base)
+    config = LoraConfig(
+        r=2, lora_alpha=4, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = get_peft_model(model, config)
+    adapter.save_pretrained(directory)
+    if base_uri is not None:
+        path = directory / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": base_uri}))
+    return directory

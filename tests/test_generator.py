@@ -31,7 +31,7 @@ from cutalign.policy.version import dir_sha256
 from cutalign.store import ArtifactStore
 from cutalign.templates import get_template
 from cutalign.v1 import messages_pb2, training_pb2
-from policy_support import http_json, tiny_policy
+from policy_support import admin_load, tiny_policy
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,11 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server(checkpoints: tuple[Path, Path]) -> Iterator[PolicyServerProcess]:
     with start_policy_server(
-        checkpoints[0], torch_threads=1, policy_model_id="tiny-a", iteration=0
+        checkpoints[0],
+        torch_threads=1,
+        policy_model_id="tiny-a",
+        iteration=0,
+        load_roots=[str(checkpoints[0].parent)],
     ) as process:
         yield process
 
@@ -234,7 +238,7 @@ def test_generator_refuses_to_generate_from_anything_but_the_expected_policy(
         release = build_release(b, uri=str(b), iteration=1, model_id="tiny-b")
         promote(store, release)
         load = {"uri": str(b), "iteration": 1, "model_id": "tiny-b", "expected_sha256": dir_sha256(b)}
-        assert http_json("POST", f"{server.url}/v1/policy/load", load)[0] == 200
+        assert admin_load(server, load)[0] == 200
         publish(kafka_settings, [prompt("p1", "Say bye.")])
         running.thread.join(60)
         with pytest.raises(PolicyVersionMismatch) as info:
@@ -253,7 +257,7 @@ def test_generator_refuses_to_generate_from_anything_but_the_expected_policy(
         samples = drain(kafka_settings, kafka_settings.topic_samples, messages_pb2.Sample, 2)
         running.finish()
     finally:
-        http_json("POST", f"{server.url}/v1/policy/load", {"uri": str(a), "model_id": "tiny-a"})
+        admin_load(server, {"uri": str(a), "model_id": "tiny-a"})
     assert sorted(e.key for e in samples) == ["p0#0", "p1#0"], "p1 generated once, by the expected policy"
     second = next(e.message for e in samples if e.key == "p1#0")
     assert (second.policy.checkpoint_sha256, second.policy.iteration) == (dir_sha256(b), 1)
@@ -280,7 +284,7 @@ def test_without_a_configured_sha_it_follows_promoted_releases_and_each_prompts_
         # iteration 1 promotes b, the server hot-reloads it; iteration 2's prompts come from b, no restart
         promote(store, build_release(b, uri=str(b), iteration=1, model_id="tiny-b"))
         load = {"uri": str(b), "iteration": 1, "model_id": "tiny-b", "expected_sha256": dir_sha256(b)}
-        assert http_json("POST", f"{server.url}/v1/policy/load", load)[0] == 200
+        assert admin_load(server, load)[0] == 200
         publish(kafka_settings, [messages_pb2.Prompt(id="p1", instruction="Say bye.", iteration=2)])
         got = drain(kafka_settings, kafka_settings.topic_samples, messages_pb2.Sample, 2)
         [second] = [e for e in got if e.key == "p1#0"]
@@ -288,16 +292,14 @@ def test_without_a_configured_sha_it_follows_promoted_releases_and_each_prompts_
         assert (second.message.policy.checkpoint_sha256, second.message.iteration) == (dir_sha256(b), 2)
 
         # the server goes back to a, which no release names: the generator refuses to generate from it
-        assert (
-            http_json("POST", f"{server.url}/v1/policy/load", {"uri": str(a), "model_id": "tiny-a"})[0] == 200
-        )
+        assert admin_load(server, {"uri": str(a), "model_id": "tiny-a"})[0] == 200
         publish(kafka_settings, [messages_pb2.Prompt(id="p2", instruction="Say hi.", iteration=2)])
         running.thread.join(60)
         with pytest.raises(PolicyVersionMismatch) as info:
             running.finish()
         assert dir_sha256(b) in str(info.value) and "promoted release" in str(info.value)
     finally:
-        http_json("POST", f"{server.url}/v1/policy/load", {"uri": str(a), "model_id": "tiny-a"})
+        admin_load(server, {"uri": str(a), "model_id": "tiny-a"})
         running.stop.set()
 
 
@@ -343,7 +345,7 @@ def test_sigkill_mid_stream_and_restart_yields_every_prompt_exactly_once_by_samp
            "OMP_NUM_THREADS": "1"}  # fmt: skip
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, str(ROOT / "services/generator/main.py")], env=env,
+        return subprocess.Popen([sys.executable, "-m", "cutalign.generator.service"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
     seen: dict[str, list[messages_pb2.Sample]] = {}

@@ -31,7 +31,7 @@ from helm_support import HELM, all_config_env, config_env, find, helm, render
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "cutalign"
-PROFILES = ("minimal", "production", "kserve")
+PROFILES = ("minimal", "production", "kserve", "tgi")
 NAMESPACE = "cutalign-test"  # helm_support renders into it
 KUBE_VERSIONS = ("1.27", "1.37")  # the chart's minimum (Chart.yaml kubeVersion) and the newest schemas
 # Settings sections that are not deployed by the chart: the embedded local platform only.
@@ -107,6 +107,7 @@ def test_rendered_manifests_validate_strictly(
             "PrometheusRule": "prometheusrules.monitoring.coreos.com v1 ",
         },
         "kserve": {"InferenceService": "inferenceservices.serving.kserve.io v1beta1 "},
+        "tgi": set(),
     }[profile]
     for kind, prefix in dict(expected_crs).items():
         assert against[kind].startswith(prefix), against[kind]
@@ -296,7 +297,7 @@ def _has_path(values: dict[str, Any], path: str) -> bool:
         ("kafka.bootstrapServer=broker:9092", "kafka: Additional property bootstrapServer is not allowed"),
         ("feedbak.enabled=false", "Additional property feedbak is not allowed"),
         ("s3.secretKey=hunter2", "s3: Additional property secretKey is not allowed"),  # no place for a secret
-        ("policy.mode=vllm", "policy.mode"),
+        ("policy.mode=sglang", "policy.mode"),
         ("launcher.gpusPerNode=-1", "launcher.gpusPerNode"),
     ],
 )
@@ -320,7 +321,7 @@ def test_validate_values_fails_once_with_every_error(chart: Path) -> None:
         "--set",
         "images.judge.tag=latest",
         "--set",
-        "policyServer.policyUri=",
+        "modelSync.baseModelUri=",
         "--set",
         "feedback.ingress.enabled=true",
         check=False,
@@ -331,7 +332,7 @@ def test_validate_values_fails_once_with_every_error(chart: Path) -> None:
         "kafka.existingSecret: securityProtocol SASL_SSL needs the Secret",
         "launcher.nprocPerNode (4) exceeds launcher.gpusPerNode (2)",
         "images.judge: pin the image",
-        "policyServer.policyUri: policy.mode embedded serves a checkpoint",
+        "modelSync.baseModelUri: policy.mode vllm serves the base model from S3",
         "feedback.ingress.host: set the host name",
     ):
         assert expected in result.stderr
@@ -394,9 +395,11 @@ def test_services_are_probed_and_roll_on_config_change(
 ) -> None:
     for deployment in (o for o in rendered[profile] if o["kind"] == "Deployment"):
         template = deployment["spec"]["template"]
-        for c in template["spec"]["containers"]:
-            assert c["livenessProbe"]["httpGet"]["port"] == "http" and c["readinessProbe"]["httpGet"]["path"]
-            assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
+        server, *sidecars = template["spec"]["containers"]
+        assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in server["ports"]
+        for c in (server, *sidecars):  # a sidecar (the vLLM pods' model sync) is probed on its own port
+            port = c["livenessProbe"]["httpGet"]["port"]
+            assert port in {p["name"] for p in c["ports"]} and c["readinessProbe"]["httpGet"]["path"]
             if c.get("envFrom"):
                 assert re.fullmatch(r"[a-f0-9]{64}", template["metadata"]["annotations"]["checksum/config"])
 
@@ -449,10 +452,10 @@ def test_entry_modules_of_rendered_containers_exist(
 
 def test_production_schedules_gpus_and_strimzi_topics(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["production"]
-    tgi = find(objs, "Deployment", "-policy")["spec"]["template"]["spec"]
-    assert tgi["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert tgi["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert "--model-id=/models/policy/current" in tgi["containers"][0]["args"]
+    vllm = find(objs, "Deployment", "-policy")["spec"]["template"]["spec"]
+    assert vllm["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert vllm["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "--enable-lora" in vllm["containers"][0]["args"]
     job = job_templates(objs)["pytorchjob.yaml"]["spec"]
     assert job["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1 and job["nprocPerNode"] == "8"
     topics = {t["spec"]["topicName"]: t for t in objs if t["kind"] == "KafkaTopic"}
@@ -468,7 +471,7 @@ def test_production_schedules_gpus_and_strimzi_topics(rendered: dict[str, list[d
         assert (topic["spec"]["partitions"], topic["spec"]["replicas"]) == (12, 3)
     env = config_env(objs, "generator")
     assert env["CUTALIGN_S3_ENDPOINT"] == f"minio.{NAMESPACE}.svc.cluster.local:443"  # the tenant's
-    assert env["CUTALIGN_POLICY_BACKEND"] == "tgi"
+    assert env["CUTALIGN_POLICY_BACKEND"] == "openai"
 
 
 def test_kserve_profile_serves_policy_and_judge_as_inference_services(
@@ -477,7 +480,7 @@ def test_kserve_profile_serves_policy_and_judge_as_inference_services(
     objs = rendered["kserve"]
     policy = find(objs, "InferenceService", "-policy")
     predictor = policy["spec"]["predictor"]
-    assert policy["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert policy["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     assert predictor["containers"][0]["name"] == "kserve-container"
     assert predictor["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert predictor["labels"]["app.kubernetes.io/component"] == "policy"  # the NetworkPolicy selects it

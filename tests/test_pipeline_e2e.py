@@ -105,6 +105,7 @@ def test_one_online_iteration_runs_end_to_end_on_the_kfp_local_runner(
         max_batch_size=8,
         log_path=tmp_path / "policy-server.log",
     )
+    monkeypatch.setenv("CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN", server.admin_token)  # the promote step's
     try:
         policy = PolicySettings(url=server.url, model_name=server.model_name, max_new_tokens=16)
         generator = GeneratorSettings(

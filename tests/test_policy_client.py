@@ -20,6 +20,7 @@ from huggingface_hub.utils import get_session
 from cutalign.config import PolicySettings
 from cutalign.policy.client import PolicyClient, PolicyError, PolicyRejected, PolicyUnavailable
 from cutalign.policy.launcher import free_port
+from cutalign.policy.served import read_served
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 ANSWERS = {  # the OpenAI shapes, by route
@@ -165,7 +166,7 @@ def test_connection_refused_is_retried_then_unavailable() -> None:
         client.complete("x")
     assert len(slept) == 2
     with pytest.raises(PolicyUnavailable):
-        client.served_version()
+        read_served(settings(f"http://127.0.0.1:{free_port()}", max_retries=1), sleep=lambda s: None)
 
 
 def test_stub_sees_at_most_max_in_flight_requests(stub: Callable) -> None:

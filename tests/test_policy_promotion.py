@@ -3,24 +3,30 @@ admin load route of a running server, and a server that follows ``policy/current
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from pydantic import SecretStr
 
 from cutalign.config import PolicySettings
+from cutalign.policy.admin import resolve_admin_token
 from cutalign.policy.client import PolicyClient
 from cutalign.policy.generation import SamplingParams, generate
-from cutalign.policy.launcher import PolicyServerProcess, start_policy_server
+from cutalign.policy.launcher import PolicyServerProcess, free_port, start_policy_server
 from cutalign.policy.loading import load_policy
 from cutalign.policy.promotion import build_release, current_release, promote, rollback, validate_release
 from cutalign.policy.version import dir_sha256
 from cutalign.store import ArtifactStore, ManifestExists
 from cutalign.store.layout import CURRENT_POLICY_KEY, release_key
 from cutalign.v1 import training_pb2
-from policy_support import http_json, tiny_policy
+from policy_support import admin_load, http_json, tiny_policy
 
 torch.set_num_threads(1)
 
@@ -78,26 +84,24 @@ def test_admin_route_hot_reloads_a_new_policy_and_refuses_bad_ones(
     checkpoints: tuple, tmp_path: Path
 ) -> None:
     a, b = checkpoints
-    with start_policy_server(a, torch_threads=1, admin_token="s3cret") as server:
+    root = b.parent
+    with start_policy_server(a, torch_threads=1, admin_token="s3cret", load_roots=[str(root)]) as server:
         body = {"uri": str(b), "iteration": 1, "model_id": "tiny-b", "expected_sha256": dir_sha256(b)}
-        auth = {"authorization": "Bearer s3cret"}
+        # without the token, or with another one, nothing is read: the same 401 either way
         assert http_json("POST", f"{server.url}/v1/policy/load", body)[0] == 401
-        assert (
-            http_json("POST", f"{server.url}/v1/policy/load", body, {"authorization": "Bearer nope"})[0]
-            == 401
-        )
+        assert admin_load(server, body, token="nope")[0] == 401
+        assert admin_load(server, {"uri": ""})[0] == 400, "a malformed body is the caller's mistake"
 
-        status, answer = http_json(
-            "POST", f"{server.url}/v1/policy/load", {**body, "expected_sha256": "0" * 64}, auth
-        )
+        status, answer = admin_load(server, {**body, "expected_sha256": "0" * 64})
         assert status == 409 and "re-export and re-promote" in answer["detail"]
-        status, answer = http_json(
-            "POST", f"{server.url}/v1/policy/load", {"uri": str(tmp_path / "gone")}, auth
-        )
-        assert status == 400 and "is not a directory" in answer["error"]
+        # a missing directory and a directory that holds no model get the same answer: no existence oracle
+        (root / "empty").mkdir()
+        gone, empty = (admin_load(server, {"uri": str(root / name)}) for name in ("gone", "empty"))
+        assert gone[0] == empty[0] == 400
+        assert gone[1]["detail"].replace("gone", "X") == empty[1]["detail"].replace("empty", "X")
         assert served_sha(server) == dir_sha256(a), "failed loads leave the served policy in place"
 
-        status, answer = http_json("POST", f"{server.url}/v1/policy/load", body, auth)
+        status, answer = admin_load(server, body)
         assert status == 200, answer
         assert answer["previous"]["checkpoint_sha256"] == dir_sha256(a)
         assert answer["policy"] == {"model_id": "tiny-b", "checkpoint_sha256": dir_sha256(b), "iteration": 1,
@@ -109,6 +113,50 @@ def test_admin_route_hot_reloads_a_new_policy_and_refuses_bad_ones(
             == generate(new.model, new.tokenizer, [PROMPT], SamplingParams(max_new_tokens=12))[0].text
         )
         assert completion.policy_sha256 == dir_sha256(b)
+
+
+def test_admin_route_loads_only_under_its_roots(checkpoints: tuple, tmp_path: Path) -> None:
+    a, b = checkpoints
+    outside = tiny_policy(tmp_path / "outside", seed=2)
+    inside = tmp_path / "releases"
+    inside.mkdir()
+    (inside / "escape").symlink_to(outside, target_is_directory=True)
+    with start_policy_server(a, torch_threads=1, load_roots=[str(inside)]) as server:
+        for uri in (str(outside), f"{inside}/../outside", str(inside / "escape"), f"file://{outside}"):
+            status, answer = admin_load(server, {"uri": uri})
+            assert status == 403 and "outside the roots" in answer["detail"], (uri, answer)
+        status, answer = admin_load(server, {"uri": str(inside / "x"), "base_uri": str(outside)})
+        assert status == 403, "an adapter's base must lie under a root too"
+        assert served_sha(server) == dir_sha256(a)
+
+
+def test_server_refuses_loads_to_anyone_when_no_token_is_configured(
+    checkpoints: tuple, tmp_path: Path
+) -> None:
+    """Started by hand without a token, the server generates one it never shows: the admin route is closed."""
+    a, b = checkpoints
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "CUTALIGN_POLICY_SERVER_ADMIN_TOKEN"}
+    argv = [sys.executable, "-m", "cutalign.policy.server", "--http_port", str(port), "--policy_uri", str(a)]
+    argv += ["--torch_threads", "1", "--load_roots", str(b.parent)]
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        with PolicyServerProcess(f"http://127.0.0.1:{port}", "policy", process, log, "") as server:
+            server.wait_ready(120)
+            for token in ("", "None", "null"):
+                assert admin_load(server, {"uri": str(b)}, token=token)[0] == 401
+            assert served_sha(server) == dir_sha256(a)
+    assert "no admin token configured, generated one" in log.read_text()
+
+
+def test_a_generated_admin_token_is_random_and_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        first = resolve_admin_token(None, component="test")
+        second = resolve_admin_token(SecretStr(""), component="test")
+    assert first != second and len(first) >= 40
+    assert first not in caplog.text and second not in caplog.text and "generated" in caplog.text
+    assert resolve_admin_token(SecretStr("chosen"), component="test") == "chosen"
 
 
 def test_server_follows_current_json_in_s3_and_refuses_a_release_that_does_not_match(

@@ -18,6 +18,7 @@ from cutalign.policy.client import PolicyClient, PolicyRejected
 from cutalign.policy.generation import SamplingParams, generate
 from cutalign.policy.launcher import PolicyServerProcess, start_policy_server
 from cutalign.policy.loading import LoadedPolicy, load_policy
+from cutalign.policy.served import read_served
 from cutalign.policy.version import dir_sha256
 from policy_support import http_json, tiny_policy
 
@@ -79,8 +80,9 @@ def test_seeded_sampling_through_the_server_is_reproducible(
 def test_served_version_names_model_sha_iteration_and_uri(
     server: PolicyServerProcess, checkpoint: Path
 ) -> None:
-    for backend in ("openai", "tgi"):
-        version = client(server, backend).served_version()
+    for mode in ("embedded", "kserve"):  # KServe runs this same server as its predictor
+        (served,) = read_served(PolicySettings(url=server.url, mode=mode)).models
+        version = served.version
         assert (version.model_id, version.iteration, version.uri) == ("tiny", 2, str(checkpoint))
         assert version.checkpoint_sha256 == dir_sha256(checkpoint)
 
@@ -151,7 +153,6 @@ def test_concurrent_requests_are_batched_and_answered_correctly(
         ("/v1/models/policy:predict", b"{not json", "Unrecognized request format"),
         ("/v1/models/policy:predict", {"instances": [{"prompt": ""}]}, "instances.0.prompt"),
         ("/v1/models/policy:predict", [1, 2], "expected a JSON object"),
-        ("/v1/policy/load", {"uri": ""}, "uri: String should have at least 1 character"),
     ],
 )
 def test_malformed_requests_get_400_naming_the_problem(
@@ -168,3 +169,16 @@ def test_client_does_not_retry_a_rejected_request(server: PolicyServerProcess) -
     with pytest.raises(PolicyRejected, match="(?s)HTTP 400.*exceeds the model's context") as info:
         policy.complete("z" * 600)
     assert info.value.status == 400 and slept == [], "a 4xx is our fault: retrying cannot help"
+
+
+def test_server_listens_on_loopback_only_unless_told_otherwise(server: PolicyServerProcess) -> None:
+    """KServe binds 0.0.0.0 on its own; the server binds its ``host`` setting (default 127.0.0.1)."""
+    port = int(server.url.rsplit(":", 1)[1])
+    listening = {
+        local
+        for table in ("/proc/net/tcp", "/proc/net/tcp6")
+        for line in Path(table).read_text().splitlines()[1:]
+        for local, state in [(line.split()[1], line.split()[3])]
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port  # 0A: LISTEN
+    }
+    assert listening == {f"0100007F:{port:04X}"}, f"listening on {listening}, expected 127.0.0.1 only"

@@ -98,6 +98,10 @@ class PolicySettings(BaseSettings):
 
     model_config = _section("POLICY")
 
+    mode: Literal["embedded", "kserve", "vllm", "tgi"] = Field(
+        "embedded",
+        description="What serves the policy: cutalign's server (embedded, or inside KServe), vLLM or TGI.",
+    )
     url: str = Field("http://127.0.0.1:8080", description="Base URL of TGI / an OpenAI-compatible server.")
     backend: Literal["tgi", "openai"] = Field(
         "openai", description="TGI native generate route, or the OpenAI-compatible chat completions route."
@@ -128,6 +132,12 @@ class PolicySettings(BaseSettings):
     max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts are rejected or truncated.")
     truncate_long_prompts: bool = Field(False, description="Truncate (and record) instead of rejecting.")
     seed: int = Field(0, ge=0, description="Base seed; each sampled response's seed derives from it.")
+    release_wait_s: float = Field(
+        0.0, ge=0, description="How long to wait for the promoted release to be served before refusing."
+    )
+    lora_adapters: bool = Field(
+        False, description="vllm: release LoRA adapters over the served base, loaded without a restart."
+    )
 
     @model_validator(mode="after")
     def _check_sampling(self) -> PolicySettings:
@@ -154,7 +164,30 @@ class PolicyServerSettings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
     watch_current: bool = Field(False, description="Hot-reload each new release in policy/current.json.")
     watch_interval_s: float = Field(10.0, gt=0, description="How often policy/current.json is read.")
-    admin_token: SecretStr | None = Field(None, description="Bearer token of /v1/policy/load (a Secret).")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of POST /v1/policy/load (a Secret; generated at start when unset)."
+    )
+    load_roots: list[str] = Field(
+        default_factory=list,
+        description="URI prefixes POST /v1/policy/load may load from (empty: s3://<bucket>/iterations/).",
+    )
+    host: str = Field("127.0.0.1", description="Address the server binds (0.0.0.0 inside a pod).")
+
+
+class ModelSyncSettings(BaseSettings):
+    """The model sync of vLLM/TGI pods (``python -m cutalign.policy.sync``): releases from S3 to a volume."""
+
+    model_config = _section("MODEL_SYNC")
+
+    base_model_uri: str = Field(
+        "", description="s3:// prefix served before the first release; the base LoRA releases apply to."
+    )
+    models_dir: str = Field("/models", description="Volume releases are synced into (the server reads it).")
+    server_url: str = Field("http://127.0.0.1:8080", description="This pod's vLLM (adapters load into it).")
+    api_key: SecretStr | None = Field(None, description="vLLM's --api-key, for adapter calls (a Secret).")
+    interval_s: float = Field(10.0, gt=0, description="How often policy/current.json is read (--follow).")
+    keep_adapters: int = Field(2, ge=1, description="LoRA adapters kept loaded: the current one and older.")
+    http_port: int = Field(8081, ge=0, description="Health and metrics port of the --follow sidecar.")
 
 
 class GeneratorSettings(BaseSettings):
@@ -343,6 +376,13 @@ class IterationSettings(BaseSettings):
         None, description="Base URL of the embedded policy server to hot-reload after promotion (None: none)."
     )
     policy_admin_token: SecretStr | None = Field(None, description="Bearer token of POST /v1/policy/load.")
+    policy_resource: str | None = Field(
+        None, description="Deployment (vllm, tgi) or InferenceService (kserve) a promotion rolls out."
+    )
+    policy_namespace: str | None = Field(
+        None, description="Namespace of policy_resource (None: the namespace this pod runs in)."
+    )
+    rollout_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for a promotion's rollout.")
     target_count: int | None = Field(
         None, ge=1, description="Judged samples to wait for (None: one per published prompt)."
     )

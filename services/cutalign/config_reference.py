@@ -16,6 +16,7 @@ SECTIONS: list[type[BaseSettings]] = [
     config.S3Settings,
     config.PolicySettings,
     config.PolicyServerSettings,
+    config.ModelSyncSettings,
     config.GeneratorSettings,
     config.JudgeSettings,
     config.BuilderSettings,

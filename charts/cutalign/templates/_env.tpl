@@ -110,15 +110,16 @@ Usage: {{ include "cutalign.env.skip" "kafka" }} -> used via fromJsonArray
 {{- $skip := dict
   "kafka" (list "existingSecret" "saslUsername" "saslPasswordKey" "strimzi" "tls" "releaseScopedTopics" "topicPrompts" "topicSamples" "topicJudgments" "topicDeadletter")
   "s3" (list "existingSecret" "accessKeyKey" "secretKeyKey" "endpoint" "tls")
-  "policy" (concat $k8s (list "mode" "url" "backend" "existingSecret" "apiTokenKey" "gpus" "tgi" "kserve"))
+  "policy" (concat $k8s (list "url" "backend" "existingSecret" "apiTokenKey" "gpus" "vllm" "tgi" "kserve" "rollout" "modelVolumeSize" "shmSize" "modelSyncResources"))
   "policyServer" (list "existingSecret" "adminTokenKey")
+  "modelSync" (list)
   "generator" $k8s
   "judge" (concat $k8s (list "kserve" "llm"))
   "builder" $k8s
   "feedback" (concat $k8s (list "existingSecret" "tokenKey" "userHashSaltKey" "service" "ingress"))
   "trainer" (list)
   "launcher" (list)
-  "iteration" (list "builderUrl" "policyAdminUrl")
+  "iteration" (list "builderUrl" "policyAdminUrl" "policyResource" "policyNamespace")
 -}}
 {{- toJson (get $skip .) -}}
 {{- end -}}
@@ -178,6 +179,10 @@ CUTALIGN_LAUNCHER_S3_CA_SECRET: {{ . | quote }}
 {{- with $v.s3.tls.caConfigMap }}
 CUTALIGN_LAUNCHER_S3_CA_CONFIG_MAP: {{ . | quote }}
 {{- end }}
+{{- end }}
+{{- with (include "cutalign.iteration.policyResource" $ctx) }}
+CUTALIGN_ITERATION_POLICY_RESOURCE: {{ . | quote }}
+CUTALIGN_ITERATION_POLICY_NAMESPACE: {{ default $ctx.Release.Namespace $ctx.Values.iteration.policyNamespace | quote }}
 {{- end }}
 {{- end }}
 {{- end }}

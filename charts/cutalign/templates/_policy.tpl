@@ -46,14 +46,23 @@ Usage: {{ include "cutalign.iteration.builderUrl" . }}
 {{- end -}}
 
 {{/*
-cutalign.iteration.policyAdminUrl: iteration.policyAdminUrl, else the in-chart policy server (empty with TGI,
-which loads weights only at start-up).
+cutalign.iteration.policyAdminUrl: iteration.policyAdminUrl only. The chart's embedded server follows
+policy/current.json (policyServer.watchCurrent), and its admin token never reaches the pipeline's steps.
 Usage: {{ include "cutalign.iteration.policyAdminUrl" . }}
 */}}
 {{- define "cutalign.iteration.policyAdminUrl" -}}
-{{- if .Values.iteration.policyAdminUrl -}}
-{{- .Values.iteration.policyAdminUrl -}}
-{{- else if ne .Values.policy.mode "tgi" -}}
-{{- include "cutalign.policy.url" . -}}
+{{- default "" .Values.iteration.policyAdminUrl -}}
+{{- end -}}
+
+{{/*
+cutalign.iteration.policyResource: the Deployment/InferenceService a promotion rolls out (modes kserve, vllm,
+tgi): iteration.policyResource, else the chart's; empty in mode embedded.
+Usage: {{ include "cutalign.iteration.policyResource" . }}
+*/}}
+{{- define "cutalign.iteration.policyResource" -}}
+{{- if .Values.iteration.policyResource -}}
+{{- .Values.iteration.policyResource -}}
+{{- else if has .Values.policy.mode (list "kserve" "vllm" "tgi") -}}
+{{- include "cutalign.policy.resource" . -}}
 {{- end -}}
 {{- end -}}

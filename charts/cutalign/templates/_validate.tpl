@@ -13,8 +13,20 @@ Usage: {{- include "cutalign.validateValues" . }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- if and (eq $v.policy.mode "tgi") (not $v.policy.tgi.image.digest) (or (not $v.policy.tgi.image.tag) (eq $v.policy.tgi.image.tag "latest")) -}}
-{{- $errors = append $errors "policy.tgi.image: pin the image: set a tag other than 'latest', or a digest" -}}
+{{- if has $v.policy.mode (list "vllm" "tgi") -}}
+{{- $server := get $v.policy $v.policy.mode -}}
+{{- if and (not $server.image.digest) (or (not $server.image.tag) (eq $server.image.tag "latest")) -}}
+{{- $errors = append $errors (printf "policy.%s.image: pin the image: set a tag other than 'latest', or a digest" $v.policy.mode) -}}
+{{- end -}}
+{{- if not $v.modelSync.baseModelUri -}}
+{{- $errors = append $errors (printf "modelSync.baseModelUri: policy.mode %s serves the base model from S3 until the first promotion: set its s3://bucket/prefix" $v.policy.mode) -}}
+{{- end -}}
+{{- if lt (int $v.policy.gpus) 1 -}}
+{{- $errors = append $errors (printf "policy.gpus: %s serves on GPUs: set at least 1 (or use policy.mode embedded on CPUs)" $v.policy.mode) -}}
+{{- end -}}
+{{- if and (eq (int $v.policy.rollout.maxSurge) 0) (eq (int $v.policy.rollout.maxUnavailable) 0) -}}
+{{- $errors = append $errors "policy.rollout: maxSurge and maxUnavailable cannot both be 0 (a rolling update could never progress)" -}}
+{{- end -}}
 {{- end -}}
 {{- if not $v.s3.existingSecret -}}
 {{- $errors = append $errors "s3.existingSecret: name the Secret holding the S3 access and secret keys (create it first; see the chart README)" -}}
@@ -52,13 +64,10 @@ Usage: {{- include "cutalign.validateValues" . }}
 {{- if and $v.feedback.enabled $v.feedback.ingress.enabled (not $v.feedback.ingress.host) -}}
 {{- $errors = append $errors "feedback.ingress.host: set the host name the Ingress serves" -}}
 {{- end -}}
-{{- if and (eq $v.policy.mode "tgi") (not $v.policy.tgi.modelId) -}}
-{{- $errors = append $errors "policy.tgi.modelId: set the model TGI serves (a Hub id, or a path under /models)" -}}
-{{- end -}}
-{{- if and (ne $v.policy.mode "tgi") (not $v.policyServer.policyUri) -}}
+{{- if and (has $v.policy.mode (list "embedded" "kserve")) (not $v.policyServer.policyUri) -}}
 {{- $errors = append $errors (printf "policyServer.policyUri: policy.mode %s serves a checkpoint: set its s3://bucket/prefix" $v.policy.mode) -}}
 {{- end -}}
-{{- if and (ne $v.policy.mode "tgi") (gt (int $v.policy.gpus) 0) (eq $v.policyServer.device "cpu") -}}
+{{- if and (has $v.policy.mode (list "embedded" "kserve")) (gt (int $v.policy.gpus) 0) (eq $v.policyServer.device "cpu") -}}
 {{- $errors = append $errors "policyServer.device: policy.gpus > 0 but the server would run on cpu; set policyServer.device=cuda" -}}
 {{- end -}}
 {{- if and (gt (int (index $v.policy "n")) 1) (not $v.policy.doSample) -}}

@@ -1,5 +1,9 @@
 """What a training run leaves behind: the merged model ready to serve, and the per-step metrics.
 
+A LoRA run also leaves its unmerged adapter beside the merged model (``adapter_location``), its
+``base_model_name_or_path`` set to the base it was trained over: a vLLM deployment that serves that base
+loads the adapter at runtime instead of restarting on the merged model (``cutalign.iteration.promote``).
+
 The merged model is a plain Hugging Face directory (LoRA folded into the base weights, safetensors, tokenizer
 included, in the base model's dtype unless ``export_dtype`` says otherwise): a policy server loads it as any
 model, and the next online iteration trains from it. Its ``weights_sha256`` (sha256 over the bytes of its
@@ -20,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from cutalign.cut.location import as_prefix, is_s3, resolve
+from cutalign.cut.location import as_prefix, is_s3, join, resolve
 from cutalign.cut.modeling import merged_model, saved_dtype
 from cutalign.store import ArtifactStore
 
@@ -44,6 +49,31 @@ def weights_sha256(directory: Path) -> str:
 def export_dtype(setting: str, model_dir: Path) -> torch.dtype:
     """The dtype to export in: the base model's saved dtype (``base``), or the one named."""
     return saved_dtype(model_dir) if setting == "base" else getattr(torch, setting)
+
+
+def adapter_location(model: str) -> str:
+    """Where a LoRA run's unmerged adapter is exported: ``adapter`` beside the merged model's location."""
+    parent = model.rstrip("/").rsplit("/", 1)[0] if "/" in model.rstrip("/") else "."
+    return join(parent, "adapter")
+
+
+def export_adapter(
+    model: torch.nn.Module, dest: str, base_uri: str, work_dir: Path, store: ArtifactStore | None
+) -> bool:
+    """Save a LoRA model's adapter, unmerged, to ``dest``; False (nothing written) for full fine-tuning."""
+    if not isinstance(model, PeftModel):
+        return False
+    local = work_dir / "adapter-export" if is_s3(dest) else Path(dest)
+    model.save_pretrained(str(local), safe_serialization=True)
+    config_path = local / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base_uri  # the training copy's local path would be meaningless
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    if is_s3(dest):
+        bound, key = resolve(dest, store)
+        bound.upload_dir(as_prefix(key), local)
+    log.info("LoRA adapter written to %s (over %s)", dest, base_uri)
+    return True
 
 
 def export_merged(

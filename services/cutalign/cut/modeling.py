@@ -43,7 +43,19 @@ TARGET_PARENTS = {"mlp": ("mlp",), "attention": ("self_attn", "attn", "attention
 
 
 def fetch_model_dir(model: str, cache_dir: Path, store: ArtifactStore | None) -> Path:
-    """A local directory holding ``model``: the path itself, or an S3 prefix downloaded into ``cache_dir``."""
+    """A local directory holding ``model``: the path itself, or an S3 prefix downloaded into ``cache_dir``.
+
+    A LoRA adapter (a release vLLM loads at runtime) is merged over its base first: training continues from
+    the policy it serves.
+    """
+    if _is_adapter(model, store):
+        from cutalign.policy.loading import load_policy
+
+        policy = load_policy(model, s3=store.settings if store else None)
+        target = cache_dir / "merged-policy"
+        policy.model.save_pretrained(target, safe_serialization=True)
+        policy.tokenizer.save_pretrained(target)
+        return target
     if is_s3(model):
         bound, key = resolve(model, store)
         target = cache_dir / "base-model"
@@ -55,6 +67,13 @@ def fetch_model_dir(model: str, cache_dir: Path, store: ArtifactStore | None) ->
             f"{model}: not a Hugging Face model directory (no config.json) nor an s3:// URI"
         )
     return path
+
+
+def _is_adapter(model: str, store: ArtifactStore | None) -> bool:
+    if not is_s3(model):
+        return (Path(model) / "adapter_config.json").is_file()
+    bound, key = resolve(model, store)
+    return bound.exists(f"{as_prefix(key)}adapter_config.json")
 
 
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:

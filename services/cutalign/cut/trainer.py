@@ -48,7 +48,14 @@ from cutalign.cut.collator import CutCollator, ExampleTokenizer, ExampleTooLong,
 from cutalign.cut.detection import DetectionCounts
 from cutalign.cut.distributed import Dist, init_distributed
 from cutalign.cut.examples import DataError, downsample_positives, load_examples
-from cutalign.cut.export import MetricsLog, export_dtype, export_merged, read_metrics
+from cutalign.cut.export import (
+    MetricsLog,
+    adapter_location,
+    export_adapter,
+    export_dtype,
+    export_merged,
+    read_metrics,
+)
 from cutalign.cut.location import is_s3, join
 from cutalign.cut.modeling import (
     compute_dtype,
@@ -237,6 +244,7 @@ class _Run:
     ) -> TrainResult:
         started = time.perf_counter()
         s, dist = self.settings, self.dist
+        self.base_uri = model_uri
         model_dir = fetch_model_dir(model_uri, self.work, self.store)
         tokenizer = load_tokenizer(model_dir)
         built = build_dataset(
@@ -398,6 +406,8 @@ class _Run:
         if self.dist.is_main:
             if not last and self.metrics_path.exists():  # resumed a finished run: report its last step
                 last = read_metrics(self.metrics_path)[-1]
+            adapter = adapter_location(self.outputs.model)
+            export_adapter(model, adapter, self.base_uri, self.work, self.store)  # before merging
             digest = export_merged(model, tokenizer, self.outputs.model, self.work, self.store, dtype=dtype)
             if is_s3(self.outputs.metrics) and self.metrics_path.exists():
                 MetricsLog(self.metrics_path).upload(self.outputs.metrics, self.store)

@@ -2,39 +2,51 @@
 
 Samples of iteration k must come from the policy released for it; a sample attributed to the wrong policy
 would train the next iteration on another model's mistakes. So before every batch the generator asks the
-server which policy it serves (``GET /info``) and refuses — ``PolicyVersionMismatch``, counted in
-``cutalign_generator_version_refusals_total`` — unless its checkpoint sha256 is the expected one. Where the
-server also names the policy on each response (the embedded server does), every response is checked too,
-which closes the window of a hot reload landing between the check and the batch.
+server what it serves (``policy.served``: the embedded/KServe server's ``/info``, vLLM's ``/v1/models``,
+TGI's ``/info`` model path) and refuses — ``PolicyVersionMismatch``, counted in
+``cutalign_generator_version_refusals_total`` — unless the expected checkpoint sha256 is among it. The
+refusal says what was expected, from where, and exactly what the server answered. Where the server names
+the policy on each response (the embedded server does) every response is checked too, which closes the
+window of a hot reload landing between the check and the batch; vLLM is asked for the release by name on
+every request, so it answers from that release or not at all.
 
 Which policy is expected, in order:
 
 1. ``expected_sha256`` when configured (``CUTALIGN_GENERATOR_EXPECTED_POLICY_SHA256``): exactly that one;
 2. otherwise, with an artifact store, the promoted release in ``policy/current.json``, re-read before every
-   batch: after a promotion and the server's hot reload the generator follows the new release without a
-   restart, and it refuses while the server serves anything else (a reload not done yet, a rollback the
-   server missed, a policy loaded by hand);
-3. before the first promotion (no ``policy/current.json`` yet), or without a store: the version served at the
-   first check is pinned, so a run never mixes two policies and a reload that no release explains stops it.
+   batch: after a promotion and its rollout the generator follows the new release without a restart, and
+   it refuses while the server serves anything else (a rollout not done yet, a rollback the server missed,
+   a policy loaded by hand). ``policy.release_wait_s`` lets it wait that long for the rollout first;
+3. before the first promotion (no ``policy/current.json`` yet), or without a store: the (base) version
+   served at the first check is pinned, so a run never mixes two policies.
+
+``cutalign_policy_release_mismatch`` is 1 while the server serves another release than the expected one (as of
+the generator's last check), 0 once it serves it: the alert on a rollout that did not happen.
 """
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from cutalign.policy.client import Completion, PolicyClient
 from cutalign.policy.promotion import current_release
+from cutalign.policy.served import Served, ServedModel, read_served
 from cutalign.policy.version import describe
 from cutalign.store import ArtifactStore
-from cutalign.v1 import common_pb2
+from cutalign.v1 import common_pb2, training_pb2
 
 log = logging.getLogger(__name__)
 
 VERSION_REFUSALS = Counter(
     "cutalign_generator_version_refusals_total",
     "Batches refused because the server serves an unexpected policy.",
+)
+RELEASE_MISMATCH = Gauge(
+    "cutalign_policy_release_mismatch",
+    "1 while the policy server does not serve the release the generator must use (last check), else 0.",
 )
 
 
@@ -50,55 +62,76 @@ class VersionGuard:
         self.configured = expected_sha256
         self.store = store
         self.expected = expected_sha256
-        self.pinned: str | None = None  # the version served before any release (rule 3 of the module doc)
+        self.pinned: ServedModel | None = None  # the version served before any release (rule 3 above)
         self.version: common_pb2.PolicyVersion | None = None
 
     def check(self) -> common_pb2.PolicyVersion:
-        """The served version, if it is the expected one; else refuse."""
-        served = self.client.served_version()
-        if not served.checkpoint_sha256:
-            self._refuse(
-                f"the server at {self.client.settings.url} reports no checkpoint sha256 for "
-                f"{describe(served)} (TGI serving a local directory does not), so the policy cannot be "
-                "verified; serve it with the embedded policy server (python -m cutalign.policy.server), "
-                "which hashes what it loads"
-            )
-        expected, source = self._expected(served)
-        if served.checkpoint_sha256 != expected:
-            self._refuse(
-                f"refusing to generate: expected policy checkpoint {expected} ({source}), but the server "
-                f"serves {describe(served)} ({served.checkpoint_sha256}). Load the expected policy on the "
-                "server (promote it, or POST /v1/policy/load), or set "
-                "CUTALIGN_GENERATOR_EXPECTED_POLICY_SHA256 to the served checkpoint if it is the right one"
-            )
-        self.expected = expected
-        self.version = served
-        return served
+        """The served version, if it is the expected one (waiting up to ``release_wait_s``); else refuse."""
+        wait_s = self.client.settings.release_wait_s
+        try:
+            for attempt in Retrying(
+                stop=stop_after_delay(wait_s),
+                wait=wait_exponential(multiplier=0.5, max=10),
+                retry=retry_if_exception_type(PolicyVersionMismatch),
+                reraise=True,
+            ):
+                with attempt:
+                    return self._check_once()
+        except PolicyVersionMismatch as e:
+            VERSION_REFUSALS.inc()
+            log.error("%s", e)
+            raise
+        raise AssertionError("unreachable: Retrying returns or raises")
 
-    def _expected(self, served: common_pb2.PolicyVersion) -> tuple[str, str]:
-        """(expected sha256, where that expectation comes from)."""
+    def _check_once(self) -> common_pb2.PolicyVersion:
+        served = read_served(self.client.settings)
+        expected, source, release = self._expected(served)
+        match = served.find(expected) if expected else None
+        RELEASE_MISMATCH.set(0 if match is not None else 1)
+        if match is None:
+            raise PolicyVersionMismatch(
+                f"refusing to generate: expected policy checkpoint {expected or '<none served yet>'} "
+                f"({source}), but {served.observed}. Roll the expected release out (promote it, or wait "
+                "for its rollout), or set CUTALIGN_GENERATOR_EXPECTED_POLICY_SHA256 to the served checkpoint "
+                "if it is the right one"
+            )
+        self.client.served_model = match.name
+        self.expected = expected
+        self.version = (
+            release.version
+            if release is not None and not match.version.uri
+            else match.version  # the embedded server reports the full version it loaded
+        )
+        return self.version
+
+    def _expected(self, served: Served) -> tuple[str, str, training_pb2.PolicyRelease | None]:
+        """(expected sha256, where that expectation comes from, the release when it is one)."""
         if self.configured:
-            return self.configured, "configured"
+            return self.configured, "configured", None
         release = current_release(self.store) if self.store is not None else None
         if release is not None:
-            return release.version.checkpoint_sha256, f"the promoted release {describe(release.version)}"
-        if self.pinned is None:
-            self.pinned = served.checkpoint_sha256
-            log.info(
-                "no release yet and no expected policy configured; pinned the served one: %s",
-                describe(served),
+            return (
+                release.version.checkpoint_sha256,
+                f"the promoted release {describe(release.version)}",
+                release,
             )
-        return self.pinned, "pinned when the generator started, before any release"
+        if self.pinned is None:
+            self.pinned = served.base()
+            if self.pinned is not None:
+                log.info(
+                    "no release yet and no expected policy configured; pinned the served one: %s",
+                    describe(self.pinned.version),
+                )
+        sha = self.pinned.version.checkpoint_sha256 if self.pinned is not None else ""
+        return sha, "pinned when the generator started, before any release", None
 
     def verify(self, completion: Completion) -> None:
         """Refuse a response that the server says came from another policy."""
         if completion.policy_sha256 is not None and completion.policy_sha256 != self.expected:
-            self._refuse(
+            VERSION_REFUSALS.inc()
+            message = (
                 f"refusing a response: it was generated by policy "
                 f"{completion.policy_sha256}, expected {self.expected} (the server changed policy mid-run)"
             )
-
-    def _refuse(self, message: str) -> None:
-        VERSION_REFUSALS.inc()
-        log.error(message)
-        raise PolicyVersionMismatch(message)
+            log.error(message)
+            raise PolicyVersionMismatch(message)

@@ -10,7 +10,7 @@ seal                   ``seal(store, i, builder_url=)``                        `
 train (in-process)     ``train_local(trainer, manifest_uri, policy_uri, i)``   ``train``
 train (cluster)        ``train_on_cluster(api, trainer, ..., launcher=)``      ``cluster``
 evaluate + gate        ``assess_candidate(store, iteration=, ...)``            ``assess`` (``evaluate``)
-promote + reload       ``promote_candidate(...)``, ``reload_policy_server``    ``promote``
+promote + roll out     ``publish_release(store, iteration=, ...)``             ``promote``
 =====================  ======================================================  ==========================
 
 Every step is idempotent, so a retried pipeline task (or a re-run demo) continues instead of duplicating:

@@ -1,4 +1,4 @@
-"""The two HTTP calls a pipeline step makes to a running service (builder seal, policy reload).
+"""The HTTP call a pipeline step makes to a running service (the builder's seal).
 
 Standard library only: the pipeline's steps run in the project image, and these calls need nothing more.
 An error status becomes ``ServiceCallFailed`` carrying the service's own explanation (its response body).

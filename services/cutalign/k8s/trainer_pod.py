@@ -25,10 +25,10 @@ from pydantic_settings import BaseSettings
 from cutalign.config import LauncherSettings, S3Settings, TrainerSettings
 
 TRAINER_SCRIPT = (
-    "/app/services/trainer/main.py"  # services/trainer/main.py, copied by services/trainer/Dockerfile
+    "/app/services/trainer/main.py"  # services/trainer/main.py, copied by the Dockerfile's trainer stage
 )
 MASTER_PORT = 23456  # the Training Operator's default rendezvous port (port name "pytorchjob-port")
-RUN_AS_USER = 10001  # the `cutalign` user of every image (services/*/Dockerfile)
+RUN_AS_USER = 10001  # the `cutalign` user of every image (Dockerfile)
 COMPONENT_LABELS = {"app.kubernetes.io/name": "cutalign", "app.kubernetes.io/component": "trainer"}
 
 _api = k8s.ApiClient()

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate.utils as kv
 import yaml
 
 logger = logging.getLogger(__name__)
@@ -138,6 +137,13 @@ class CrdCatalog:
 
 def validate_standard(obj: dict[str, Any], kube_version: str = DEFAULT_KUBE_VERSION) -> ValidationReport:
     """Validate a built-in Kubernetes object strictly (unknown fields are errors) with kubernetes-validate."""
+    try:
+        import kubernetes_validate.utils as kv
+    except ModuleNotFoundError as e:
+        raise ValueError(
+            "validating standard Kubernetes objects needs kubernetes-validate, a development tool: "
+            "pip install 'cutalign[dev]' (custom resources validate without it)"
+        ) from e
     subject = _subject(obj)
     try:
         version = kv.validate(obj, kube_version, strict=True)

@@ -286,6 +286,8 @@ def local_stack(
             policy_model_id="base",
         )
         stack.callback(server.stop)
+        # the pipeline's promote step hot-reloads each release through the server's admin route
+        stack.enter_context(patched_environ({"CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN": server.admin_token}))
 
         stage("services")
         services = ServiceThreads(abort_file)

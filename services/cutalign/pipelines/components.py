@@ -246,29 +246,30 @@ def promote_policy(
     manifest: dsl.Input[dsl.Dataset],
     metrics: dsl.Input[dsl.Metrics],
 ) -> str:
-    """Release the candidate (policy/current.json) and hot-reload the policy server if a URL is given."""
+    """Release the candidate (policy/current.json) and roll it out in CUTALIGN_POLICY_MODE's serving stack."""
     import logging
 
-    from cutalign.config import IterationSettings, S3Settings
-    from cutalign.iteration.promote import promote_candidate, reload_policy_server
+    from cutalign.config import IterationSettings, ModelSyncSettings, PolicySettings, S3Settings
+    from cutalign.iteration.promote import publish_release
     from cutalign.store import ArtifactStore
     from cutalign.store.layout import release_key
 
     logging.basicConfig(level=logging.INFO)
     settings = IterationSettings()
+    if policy_admin_url:
+        settings = settings.model_copy(update={"policy_admin_url": policy_admin_url})
     store = ArtifactStore(S3Settings())
-    release = promote_candidate(
+    publish_release(
         store,
         iteration=iteration,
         model_uri=model.metadata["uri"],
+        trained_from=model.metadata["trained_from"],
         eval_metrics={k: float(v) for k, v in metrics.metadata.items() if isinstance(v, int | float)},
         manifest_key=store.key_of(manifest.metadata["uri"]),
-        model_id=settings.model_id,
-        s3=store.settings,
+        settings=settings,
+        policy=PolicySettings(),
+        sync=ModelSyncSettings(),
     )
-    if policy_admin_url:
-        token = settings.policy_admin_token.get_secret_value() if settings.policy_admin_token else None
-        reload_policy_server(policy_admin_url, release, token=token, timeout_s=settings.http_timeout_s)
     return store.uri(release_key(iteration))
 
 

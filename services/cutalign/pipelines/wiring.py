@@ -104,6 +104,8 @@ STEP_SECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("CUTALIGN_ITERATION_", config.IterationSettings),
     ("CUTALIGN_LAUNCHER_", config.LauncherSettings),
     ("CUTALIGN_TRAINER_", config.TrainerSettings),
+    ("CUTALIGN_POLICY_", config.PolicySettings),  # the promote step rolls out in policy.mode
+    ("CUTALIGN_MODEL_SYNC_", config.ModelSyncSettings),
 )
 
 

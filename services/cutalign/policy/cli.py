@@ -42,14 +42,24 @@ def version(
 def rollback_command(
     iteration: Annotated[int, typer.Argument(min=0, help="Iteration whose release should be served again.")],
 ) -> None:
-    """Point policy/current.json back at the release of ITERATION (servers watching it reload it)."""
-    from cutalign.config import S3Settings
+    """Serve the release of ITERATION again: point policy/current.json at it and roll it out.
+
+    The rollout is the one a promotion does in CUTALIGN_POLICY_MODE (vLLM/TGI Deployment, KServe storage URI;
+    the embedded server and vLLM's LoRA sidecars follow policy/current.json), on
+    CUTALIGN_ITERATION_POLICY_RESOURCE in CUTALIGN_ITERATION_POLICY_NAMESPACE, through the pod's service
+    account or your kubeconfig.
+    """
+    from cutalign.config import IterationSettings, PolicySettings, S3Settings
     from cutalign.policy.promotion import rollback
+    from cutalign.policy.rollout import roll_out
     from cutalign.policy.version import describe
     from cutalign.store import ArtifactStore
 
-    release = rollback(ArtifactStore(S3Settings()), iteration)
+    store = ArtifactStore(S3Settings())
+    release = rollback(store, iteration)
     typer.echo(f"policy/current.json -> {describe(release.version)}")
+    roll_out(release, settings=IterationSettings(), policy=PolicySettings(), store=store)
+    typer.echo("rolled out")
 
 
 def generate_command() -> None:

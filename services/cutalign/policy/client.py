@@ -25,6 +25,8 @@ are on the wire at any time, however many threads call; a thread waiting out a b
 
 Every ``Completion`` carries the ``GenerationParams`` it was decoded with (recorded on each Sample) and, when
 the server reports it, the sha256 of the policy that produced it, so a caller can verify every response.
+What a server serves is read by ``policy.served`` (per serving mode); the version guard then sets
+``served_model`` to the name the verified release is served under (vLLM: its release id).
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ class PolicyClient:
         self._client = InferenceClient(
             model=self._url, provider="hf-inference", token=token, timeout=settings.timeout_s
         )
+        # the model name requests carry; the version guard sets it to what it verified (vLLM: the release id)
+        self.served_model = settings.model_name
         self._slots = threading.BoundedSemaphore(settings.max_in_flight)
         self._pool = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="policy-client")
         self._tokenizer: Any = None
@@ -165,7 +169,7 @@ class PolicyClient:
         tokenizer = self._load_tokenizer()
         if name == "auto" and tokenizer is None:
             if self._server_chat_template is None:
-                self.served_version()
+                self._read_server_chat_template()
             if self._server_chat_template is None:
                 raise PolicyError(
                     f"template 'auto' cannot be resolved: {self._url} does not say whether its tokenizer has "
@@ -303,7 +307,7 @@ class PolicyClient:
             return self._text_completion(prompt, openai, token_ids)
         chat = self._client.chat_completion(  # type: ignore[call-overload]  # openai holds its keywords
             list(prompt),
-            model=self.settings.model_name,
+            model=self.served_model,
             extra_body={"return_token_ids": True} if token_ids else None,
             **openai,
         )
@@ -323,7 +327,7 @@ class PolicyClient:
         """``POST /v1/completions`` (InferenceClient has no text-completion call) on huggingface_hub's
         session, with its error types, so retries and offline handling are those of the other routes."""
         body = {
-            "model": self.settings.model_name,
+            "model": self.served_model,
             "prompt": prompt,
             **{k: v for k, v in openai.items() if v is not None},
         }
@@ -355,21 +359,16 @@ class PolicyClient:
                 f"{self._url}/v1/completions answered an unexpected body: {str(out)[:200]}"
             ) from e
 
-    # -- version -------------------------------------------------------------------------------------------
+    # -- the server's tokenizer -----------------------------------------------------------------------------
 
-    def served_version(self) -> common_pb2.PolicyVersion:
-        """The policy the server says it serves, from ``GET /info`` (TGI and the embedded server).
-
-        The embedded server reports the full ``PolicyVersion``; TGI reports ``model_id`` and ``model_sha``
-        (the hub revision — empty for a local directory, in which case the version cannot be verified).
-        """
+    def _read_server_chat_template(self) -> None:
+        """Whether the server's tokenizer has a chat template, from ``GET /info`` when it says (the embedded
+        server does; TGI and vLLM do not). What the server *serves* is read by ``cutalign.policy.served``."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 info = self._client.get_endpoint_info()
-                chat = info.get("chat_template")
-                self._server_chat_template = chat if isinstance(chat, bool) else None
                 break
             except (HfHubHTTPError, httpx2.TransportError) as e:
                 if not is_retryable(e):
@@ -377,17 +376,8 @@ class PolicyClient:
                 if attempt > self.settings.max_retries:
                     raise PolicyUnavailable(attempt, e) from e
                 self._sleep(random.uniform(0, self.settings.retry_backoff_s * 2 ** (attempt - 1)))
-        policy = info.get("policy")
-        if isinstance(policy, dict):
-            return common_pb2.PolicyVersion(
-                model_id=str(policy.get("model_id", "")),
-                checkpoint_sha256=str(policy.get("checkpoint_sha256", "")),
-                iteration=int(policy.get("iteration", 0)),
-                uri=str(policy.get("uri", "")),
-            )
-        return common_pb2.PolicyVersion(
-            model_id=str(info.get("model_id") or ""), checkpoint_sha256=str(info.get("model_sha") or "")
-        )
+        chat = info.get("chat_template")
+        self._server_chat_template = chat if isinstance(chat, bool) else None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

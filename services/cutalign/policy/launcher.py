@@ -5,6 +5,9 @@ need the main thread), and the FastAPI app it serves is a module-level singleton
 
     with start_policy_server("/path/to/checkpoint", max_batch_size=8) as server:
         client = PolicyClient(PolicySettings(url=server.url))
+
+The server's admin token is ``server.admin_token``: the one passed in, else one generated here and handed to
+the child through its environment (never on its command line, where ``ps`` would show it).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -39,6 +43,7 @@ class PolicyServerProcess:
     model_name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    admin_token: str = field(repr=False)
     _log_file: Any = field(default=None, repr=False)
 
     def ready(self) -> bool:
@@ -95,12 +100,13 @@ def start_policy_server(
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     ready_timeout_s: float = 120.0,
+    admin_token: str | None = None,
     **options: object,
 ) -> PolicyServerProcess:
     """Run ``python -m cutalign.policy.server`` on 127.0.0.1:``port`` (free port if None) until ready.
 
-    ``options`` are ``PolicyServerSettings`` fields or KServe flags, passed as ``--name value``.
-    ``env`` replaces the child's environment (e.g. to carry ``CUTALIGN_S3_*``).
+    ``options`` are ``PolicyServerSettings`` fields or KServe flags, passed as ``--name value`` (a list as
+    ``--name v1 v2``). ``env`` replaces the child's environment (e.g. to carry ``CUTALIGN_S3_*``).
     """
     port = port or free_port()
     args = [
@@ -115,15 +121,19 @@ def start_policy_server(
         str(policy_uri),
     ]
     for name, value in options.items():
-        if value is not None:
+        if isinstance(value, list | tuple):
+            args += [f"--{name}", *map(str, value)]
+        elif value is not None:
             args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    token = admin_token or secrets.token_urlsafe(32)
+    child_env = {**(os.environ if env is None else env), "CUTALIGN_POLICY_SERVER_ADMIN_TOKEN": token}
     if log_path is None:
         fd, name = tempfile.mkstemp(prefix="cutalign-policy-server-", suffix=".log")
         os.close(fd)
         log_path = Path(name)
     log_file = log_path.open("wb")
-    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    server = PolicyServerProcess(f"http://127.0.0.1:{port}", model_name, process, log_path, log_file)
+    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
+    server = PolicyServerProcess(f"http://127.0.0.1:{port}", model_name, process, log_path, token, log_file)
     server.wait_ready(ready_timeout_s)
     log.info("policy server ready", extra={"url": server.url, "pid": process.pid})
     return server

@@ -17,11 +17,13 @@ Client mistakes raise ``kserve.errors.InvalidInput`` (HTTP 400), never a 500.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 import kserve
 import urllib3
+from fastapi import Request
 from google.protobuf import json_format
 from kserve.errors import InvalidInput
 from minio.error import S3Error
@@ -40,6 +42,8 @@ from cutalign.v1 import common_pb2, training_pb2
 log = logging.getLogger(__name__)
 
 RELOADS = Counter("cutalign_policy_reloads_total", "Policy hot reloads by outcome.", ["outcome"])
+# what a checkpoint that cannot be served raises (the store's own failures are S3/urllib3 errors)
+LOAD_FAILURES = (PolicyLoadError, ObjectMissing, ChecksumMismatch, FileNotFoundError)
 
 
 class V1Parameters(BaseModel):
@@ -70,6 +74,13 @@ def version_json(version: common_pb2.PolicyVersion) -> dict[str, Any]:
     return json_format.MessageToDict(
         version, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+
+
+async def json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from e
 
 
 def parse_body(model_cls: type[BaseModel], payload: Any) -> Any:
@@ -220,7 +231,7 @@ class PolicyModel(kserve.Model):
                     device=self.settings.device,
                     dtype=self.settings.dtype,
                 )
-            except (PolicyLoadError, ObjectMissing, ChecksumMismatch, FileNotFoundError) as e:
+            except (*LOAD_FAILURES, S3Error, urllib3.exceptions.HTTPError) as e:
                 RELOADS.labels("failed").inc()
                 log.error("policy reload failed; still serving %s", describe(self.version), exc_info=e)
                 raise
@@ -259,6 +270,6 @@ class PolicyModel(kserve.Model):
                         expected_sha256=release.version.checkpoint_sha256,
                     )
                     failed_sha256 = ""
-                except (PolicyLoadError, ObjectMissing, ChecksumMismatch, FileNotFoundError):
+                except (*LOAD_FAILURES, S3Error, urllib3.exceptions.HTTPError):
                     pass  # logged and counted by reload(); keep serving until current.json changes
             await asyncio.sleep(self.settings.watch_interval_s)

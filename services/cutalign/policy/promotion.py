@@ -9,21 +9,12 @@ twice through the artifact store:
 * ``policy/current.json`` — the mutable pointer to the release that should be served (last writer wins);
   ``rollback`` points it back at an earlier release.
 
-How the served policy follows, per serving stack:
-
-* **Embedded server** (``python -m cutalign.policy.server``): hot reload, no restart. Either run it with
-  ``--watch_current true`` (it polls ``policy/current.json`` and loads every new release, checking the files
-  against the release's sha256 before serving them), or call ``POST /v1/policy/load`` with
-  ``{"uri": ..., "base_uri": ..., "iteration": i, "expected_sha256": ...}``. The new checkpoint loads beside
-  the old one while requests are still served; it is swapped in between two batches, and every response names
-  the sha256 of the policy that produced it. A failed load leaves the previous policy serving.
-* **TGI** (the cluster deployment): TGI reads its model — and LoRA adapters — only at start-up, so a release
-  is rolled out as a new revision of the Deployment whose model URI (and ``--revision``) is the release's: a
-  rolling update replaces the pods; readiness gates traffic until the new weights are loaded.
-
-Either way, the generator for iteration ``i+1`` is configured with the release's
-``checkpoint_sha256`` (``CUTALIGN_GENERATOR_EXPECTED_POLICY_SHA256``) and refuses to generate until the server
-reports exactly that policy — so no sample is ever attributed to a policy that did not produce it.
+How the served policy follows depends on the serving mode (``cutalign.policy.rollout.roll_out``): the
+embedded server hot-reloads it (``--watch_current true``, or ``POST /v1/policy/load`` with its admin token),
+checking the files against the release's sha256 and swapping between two batches; vLLM loads a LoRA release
+at runtime (the pods' model sync); vLLM/TGI Deployments roll onto a full release, and KServe onto its
+storage URI. The generator then refuses to generate until the server reports exactly the promoted release
+(``generator.guard``) — so no sample is ever attributed to a policy that did not produce it.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ client needs are added here to KServe's FastAPI app, with the wire formats of th
 * OpenAI-compatible: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (also under KServe's
   ``/openai`` prefix) — what ``InferenceClient.chat_completion`` calls on TGI, vLLM and KServe alike;
 * TGI-native: ``POST /generate`` and ``POST /`` (``InferenceClient.text_generation``), ``GET /info``,
-  ``GET /health``;
-* policy admin: ``GET /v1/policy/version`` and ``POST /v1/policy/load`` (hot reload; bearer token if set).
+  ``GET /health``.
+
+The admin routes (``/v1/policy/version``, ``/v1/policy/load``) are in ``admin.py``.
 
 Finish reasons follow TGI (``eos_token``, ``stop_sequence``, ``length``) on every route, so clients can tell
 an EOS from a stop sequence. Every response names the exact policy that produced it (``policy_sha256``; also
@@ -30,8 +31,6 @@ routes (``details.prefill``: each prompt token's id, text and log-probability).
 from __future__ import annotations
 
 import dataclasses
-import json
-import secrets
 import time
 import uuid
 from typing import Any, Literal
@@ -43,9 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cutalign.policy.batching import Generated
 from cutalign.policy.generation import SamplingParams
-from cutalign.policy.loading import PolicyChecksumMismatch, PolicyLoadError
-from cutalign.policy.model import PolicyModel, parse_body, version_json
-from cutalign.store import ChecksumMismatch, ObjectMissing
+from cutalign.policy.model import PolicyModel, json_body, parse_body, version_json
 from cutalign.templates import has_chat_template, render_chat
 
 TGI_FINISH = {"eos": "eos_token", "stop": "stop_sequence", "length": "length"}
@@ -105,23 +102,6 @@ class TGIRequest(BaseModel):
     stream: Literal[False] = False
 
 
-class LoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    uri: str = Field(min_length=1)
-    base_uri: str | None = None
-    model_id: str | None = None
-    iteration: int = Field(default=0, ge=0)
-    expected_sha256: str | None = None
-
-
-async def json_body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"request body is not valid JSON: {e}") from e
-
-
 def _stops(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
@@ -155,8 +135,8 @@ def chat_prompt(model: PolicyModel, messages: list[ChatMessage]) -> str:
     return messages[0].content
 
 
-def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None = None) -> None:
-    """Add the OpenAI, TGI and admin routes for ``model`` to KServe's app (before KServe adds its own)."""
+def register_routes(app: FastAPI, model: PolicyModel) -> None:
+    """Add the OpenAI and TGI routes for ``model`` to KServe's app (before KServe adds its own)."""
     openai = APIRouter()
 
     @openai.post("/v1/chat/completions")
@@ -282,31 +262,6 @@ def register_routes(app: FastAPI, model: PolicyModel, *, admin_token: str | None
         if not model.ready:
             raise HTTPException(503, "policy not loaded")
         return {"ready": True}
-
-    @app.get("/v1/policy/version")
-    async def policy_version() -> dict[str, Any]:
-        return {"policy": version_json(model.version)}
-
-    @app.post("/v1/policy/load")
-    async def policy_load(request: Request) -> dict[str, Any]:
-        if admin_token is not None:
-            sent = request.headers.get("authorization", "")
-            if not secrets.compare_digest(sent.encode(), f"Bearer {admin_token}".encode()):
-                raise HTTPException(401, "POST /v1/policy/load needs 'Authorization: Bearer <admin token>'")
-        r = parse_body(LoadRequest, await json_body(request))
-        try:
-            previous, current = await model.reload(
-                r.uri,
-                base_uri=r.base_uri,
-                model_id=r.model_id,
-                iteration=r.iteration,
-                expected_sha256=r.expected_sha256,
-            )
-        except (ChecksumMismatch, PolicyChecksumMismatch) as e:
-            raise HTTPException(409, str(e)) from e
-        except (PolicyLoadError, ObjectMissing, FileNotFoundError) as e:
-            raise InvalidInput(f"cannot load {r.uri}: {e}") from e
-        return {"previous": version_json(previous), "policy": version_json(current)}
 
 
 def _prefill(model: PolicyModel, g: Generated) -> list[dict[str, Any]]:

@@ -5,47 +5,22 @@ of ``routes.py``. The command line is KServe's own parser (``--http_port``, ``--
 ...) plus one flag per ``PolicyServerSettings`` field, whose defaults come from ``CUTALIGN_POLICY_SERVER_*``
 — so the same names work as flags, environment variables and Helm values. S3 access uses ``CUTALIGN_S3_*``.
 
-KServe listens on 0.0.0.0 (it has no bind option); inside a pod that is what the Service needs. On a laptop
-call it on 127.0.0.1. gRPC is off by default (the policy clients speak HTTP). One worker process: batching
-happens inside a process, so scale out with replicas, not ``--workers``.
+The server binds ``--host`` (default 127.0.0.1; the chart sets 0.0.0.0 inside pods). KServe 0.21 has no bind
+option — its REST server builds a ``uvicorn.Config(host="0.0.0.0")`` — so ``bind.BoundModelServer`` sets
+the config's host after KServe builds it and before uvicorn binds. gRPC is off by default (the policy clients
+speak HTTP). One worker process: batching happens inside a process, so scale out with replicas, not
+``--workers``. The admin routes need a token, always (see ``admin.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import types
-import typing
-from typing import Any
-
-from pydantic import SecretStr
 
 from cutalign.config import PolicyServerSettings, S3Settings
+from cutalign.policy.flags import add_settings_flags, settings_from_args
 
 log = logging.getLogger(__name__)
-
-
-def _strtobool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
-
-
-def _flag_type(annotation: Any) -> dict[str, Any]:
-    """argparse ``type``/``choices`` for a settings field annotation (``X | None`` accepts X)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        annotation = args[0]
-    if typing.get_origin(annotation) is typing.Literal:
-        return {"choices": list(typing.get_args(annotation))}
-    if annotation is bool:
-        return {"type": _strtobool}
-    if annotation in (int, float):
-        return {"type": annotation}
-    return {"type": str}
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -57,28 +32,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description="Serve a cutalign policy (causal LM, LoRA or merged) with batching and hot reload.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from_env = PolicyServerSettings()  # values from the environment
-    for name, field in PolicyServerSettings.model_fields.items():
-        default = getattr(from_env, name)
-        if isinstance(default, SecretStr):
-            default = None  # never print a secret in --help; an unset flag falls back to the environment
-        parser.add_argument(
-            f"--{name}", default=default, help=field.description, **_flag_type(field.annotation)
-        )
+    add_settings_flags(parser, PolicyServerSettings)
     parser.set_defaults(model_name="policy", enable_grpc=False)
     return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> PolicyServerSettings:
-    """Flags win; a flag left unset (None) falls back to its ``CUTALIGN_POLICY_SERVER_*`` variable."""
-    given = {name: getattr(args, name) for name in PolicyServerSettings.model_fields}
-    return PolicyServerSettings(**{name: value for name, value in given.items() if value is not None})
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    settings = settings_from_args(args)
+    settings = settings_from_args(PolicyServerSettings, args)
     if not settings.policy_uri:
         parser.error(
             "--policy_uri (or CUTALIGN_POLICY_SERVER_POLICY_URI) is required: a directory or s3:// prefix"
@@ -86,11 +48,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.workers != 1:
         parser.error("--workers must be 1: requests are batched inside one process; scale with replicas")
 
-    import kserve
     import torch
     import transformers
     from kserve import model_server
 
+    from cutalign.policy.admin import LoadRoots, register_admin_routes, resolve_admin_token
+    from cutalign.policy.bind import BoundModelServer
     from cutalign.policy.model import PolicyModel
     from cutalign.policy.routes import register_routes
 
@@ -100,11 +63,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     uses_s3 = settings.watch_current or any(
         (u or "").startswith("s3://") for u in (settings.policy_uri, settings.base_model_uri)
     )
-    model = PolicyModel(args.model_name, settings, S3Settings() if uses_s3 else None)
+    s3 = S3Settings() if uses_s3 or not settings.load_roots else None
+    model = PolicyModel(args.model_name, settings, s3)
     model.load()
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    register_routes(model_server.app, model, admin_token=token)
-    kserve.ModelServer(
+    token = resolve_admin_token(settings.admin_token, component="policy server")
+    register_admin_routes(model_server.app, model, token=token, roots=LoadRoots.from_settings(settings, s3))
+    register_routes(model_server.app, model)
+    BoundModelServer(
+        settings.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=1,

@@ -8,11 +8,16 @@ paths only — never mtimes, permissions or the order a filesystem lists entries
 Dotfiles and dot-directories (``.cache/`` left by ``huggingface_hub`` downloads, ``.ipynb_checkpoints``) are
 not part of a checkpoint and are skipped. A LoRA policy is the pair (base, adapter): its digest combines both,
 so the same adapter over a different base is a different policy.
+
+A release is *served under* its release id (``release_id``): vLLM's model or adapter id, the directory the
+model sync starts TGI on. The id carries the full sha256, so what vLLM's ``/v1/models`` or TGI's ``/info``
+reports names the exact policy (``parse_release_id``) — the sync serves files only once they hash to it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from cutalign.store import sha256_file
@@ -75,4 +80,23 @@ def describe(version: common_pb2.PolicyVersion) -> str:
     sha = version.checkpoint_sha256[:12] or "<no sha256>"
     return (
         f"{version.model_id or '<unnamed>'}@{sha} (iteration {version.iteration}, {version.uri or 'no uri'})"
+    )
+
+
+_RELEASE_ID = re.compile(r"^(?P<model_id>[A-Za-z0-9._-]+)-i(?P<iteration>\d{4,})-(?P<sha>[0-9a-f]{64})$")
+
+
+def release_id(version: common_pb2.PolicyVersion) -> str:
+    """``<model_id>-i<iteration>-<sha256>``: a model name and a directory name, on every server."""
+    model = re.sub(r"[^A-Za-z0-9._-]+", "_", version.model_id or "policy")[:64]
+    return f"{model}-i{version.iteration:04d}-{version.checkpoint_sha256}"
+
+
+def parse_release_id(name: str) -> common_pb2.PolicyVersion | None:
+    """The version a served name (a release id, or a path ending in one) stands for; None if it is not one."""
+    match = _RELEASE_ID.match(name.rstrip("/").rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    return common_pb2.PolicyVersion(
+        model_id=match["model_id"], iteration=int(match["iteration"]), checkpoint_sha256=match["sha"]
     )

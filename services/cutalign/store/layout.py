@@ -11,6 +11,7 @@ iterations/{i:04d}/metrics/{run}.jsonl                     per-step training met
 iterations/{i:04d}/eval.json                               held-out evaluation of the candidate policy
 policy/releases/{i:04d}.json                               PolicyRelease of every promoted policy
 policy/current.json                                        the release the policy server should serve
+policy/served/{pod}.json                                   the release a vLLM pod has loaded (its model sync)
 models/{name}/                                             base models (cached, e.g. the demo's)
 ```
 Shard names derive from the Kafka topic-partition and offset range they were built from, so rewriting a shard
@@ -19,9 +20,11 @@ after a crash produces the same key and the same bytes (idempotent).
 
 from __future__ import annotations
 
+ITERATIONS_PREFIX = "iterations/"  # every iteration's outputs, trained candidates (releases) included
+
 
 def iteration_prefix(iteration: int) -> str:
-    return f"iterations/{iteration:04d}/"
+    return f"{ITERATIONS_PREFIX}{iteration:04d}/"
 
 
 def prompts_key(iteration: int, split: str = "train") -> str:
@@ -68,6 +71,11 @@ def release_key(iteration: int) -> str:
 
 
 CURRENT_POLICY_KEY = "policy/current.json"
+SERVED_PREFIX = "policy/served/"
+
+
+def served_key(pod: str) -> str:
+    return f"{SERVED_PREFIX}{pod}.json"
 
 
 def base_model_prefix(name: str) -> str:
