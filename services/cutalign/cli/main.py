@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 
 from cutalign import config_reference, modelinit
 from cutalign.builder import cli as builder_cli
-from cutalign.cli import demo, experiment, platform, reading, run, train
+from cutalign.cli import demo, experiment, platform, reading, run, tasks, train
 from cutalign.errors import UserError
 from cutalign.feedback import cli as feedback_cli
 from cutalign.judging import cli as judge_cli
@@ -78,7 +78,7 @@ def show_config() -> None:
 
 for module in (platform, modelinit, train, builder_cli, k8s_cli, judge_cli, feedback_cli, policy_cli):
     module.register(app)
-for module in (demo, experiment, run, reading):
+for module in (demo, experiment, run, reading, tasks):
     module.register(app)
 
 
