@@ -64,7 +64,7 @@ def test_the_verdict_names_what_stops_cut_and_what_to_change(changes: dict, ok: 
 
 
 def test_family_judges_report_spans_or_not_and_give_the_correction() -> None:
-    for name in ("arithmetic", "reverse", "extract"):
+    for name in ("arithmetic", "shift", "extract"):
         with_spans, without = get_task(name), get_task(name, spans=False)
         row = with_spans.eval_prompts()[0]
         right = with_spans.family.answer(row)
@@ -77,8 +77,8 @@ def test_family_judges_report_spans_or_not_and_give_the_correction() -> None:
         assert not a.positive and a.error_spans and a.correction == right, name
         assert (b.text, b.positive, b.error_spans, b.correction) == (a.text, False, [], right), name
         assert load_judge(with_spans.judge, {}).judge(row["instruction"], right, reference).positive
-    assert not {p["id"] for p in get_task("reverse").eval_prompts()} & {
-        p["id"] for p in get_task("reverse").train_prompts()
+    assert not {p["id"] for p in get_task("shift").eval_prompts()} & {
+        p["id"] for p in get_task("shift").train_prompts()
     }
 
 

@@ -45,7 +45,7 @@ def experiment_command(
     ] = None,
     task_name: Annotated[
         str,
-        typer.Option("--task", help="counting (the demo's) or a task family: arithmetic, reverse, extract."),
+        typer.Option("--task", help="counting (the demo's) or a task family: arithmetic, shift, extract."),
     ] = "counting",
     spans: Annotated[bool, typer.Option(help="Task families: the judge reports error spans.")] = True,
     prompts: Annotated[

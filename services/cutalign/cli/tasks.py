@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Task families nobody tuned the loop for (arithmetic, reverse, extract).")
+app = typer.Typer(help="Task families nobody tuned the loop for (arithmetic, shift, extract).")
 
 
 @app.command("export")
 def export_command(
-    name: Annotated[str, typer.Argument(help="arithmetic, reverse or extract.")],
+    name: Annotated[str, typer.Argument(help="arithmetic, shift or extract.")],
     out: Annotated[Path, typer.Option(file_okay=False, help="Directory for prompts.jsonl and eval.jsonl.")],
     spans: Annotated[bool, typer.Option(help="The judge reports error spans.")] = True,
 ) -> None:

@@ -25,6 +25,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cutalign.config import S3Settings
@@ -201,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="cutalign", help="KFP experiment of the runs.")
     parser.add_argument("--service-account", help="Service account of the runs (may create PyTorchJobs).")
     parser.add_argument("--pipeline-root", default=".cutalign/kfp", help="Local runner: where artifacts go.")
+    parser.add_argument(
+        "--export", type=Path, help="Afterwards, write the current release here as a Hugging Face directory."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.host:
@@ -213,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         submit = local_submitter(args.pipeline_root)
+    store = ArtifactStore(S3Settings())
     outcomes = run_iterations(
-        ArtifactStore(S3Settings()),
+        store,
         submit,
         iterations=args.iterations,
         first_iteration=args.first_iteration,
@@ -225,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     json.dump([o.__dict__ for o in outcomes], sys.stdout, indent=2)
     sys.stdout.write("\n")
+    if args.export is not None:
+        from cutalign.iteration.export import export_current
+
+        release = export_current(store, args.export)
+        log.info("exported the release of iteration %d to %s", release.version.iteration, args.export)
     return 0
 
 

@@ -86,12 +86,12 @@ class GeneratedTask:
 
 
 def _families() -> dict[str, Family]:
-    from cutalign.tasks import arithmetic, extract, reverse
+    from cutalign.tasks import arithmetic, extract, letters
 
-    return {f.name: f for f in (arithmetic.FAMILY, reverse.FAMILY, extract.FAMILY)}
+    return {f.name: f for f in (arithmetic.FAMILY, letters.FAMILY, extract.FAMILY)}
 
 
-FAMILIES = ("arithmetic", "reverse", "extract")
+FAMILIES = ("arithmetic", "shift", "extract")
 
 
 def get_task(name: str, *, spans: bool = True, seed: int = 0) -> GeneratedTask:
