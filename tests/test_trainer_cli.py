@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from cutalign.cli.main import app
+from cutalign.config import TrainerSettings
 from cutalign.cut.export import read_metrics
 from trainer_support import arithmetic_records, tiny_model, write_jsonl
 
@@ -16,8 +17,8 @@ torch.set_num_threads(2)
 runner = CliRunner()
 
 
-def test_help_lists_the_training_flags() -> None:
-    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+def test_help_lists_every_trainer_setting_as_a_flag_with_its_default() -> None:
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
     for flag in (
         "--data",
@@ -26,10 +27,12 @@ def test_help_lists_the_training_flags() -> None:
         "--objective",
         "--threshold",
         "--span-mode",
-        "--lora",
-        "--set",
+        "--lora / --no-lora",
     ):
         assert flag in result.output
+    for name in TrainerSettings.model_fields:
+        assert "--" + name.replace("_", "-") in result.output, name
+    assert "[default: 0.0004]" in result.output  # the learning rate's one default
 
 
 def test_train_command_end_to_end(tmp_path: Path) -> None:
@@ -52,10 +55,10 @@ def test_train_command_end_to_end(tmp_path: Path) -> None:
         "4",
         "--span-mode",
         "union",
-        "--set",
-        "lora_r=4",
-        "--set",
-        'lora_target_modules=["up_proj"]',
+        "--lora-r",
+        "4",
+        "--lora-target-modules",
+        "up_proj",
         "--no-progress",
     ]
     result = runner.invoke(app, args, env={"CUTALIGN_TRAINER_THRESHOLD": "1.3", "COLUMNS": "200"})
@@ -76,9 +79,10 @@ def test_errors_exit_nonzero_with_the_reason(tmp_path: Path) -> None:
         ["train", "--data", str(bad), "--model", str(base), "--out", str(tmp_path / "o")],
         env={"COLUMNS": "200"},
     )
-    assert result.exit_code == 1 and "missing required field 'output'" in result.output
+    assert result.exit_code == 2 and "missing required field 'output'" in result.output
+    assert "Traceback" not in result.output
     result = runner.invoke(
-        app, ["train", "--data", str(bad), "--model", str(base), "--out", "o", "--set", "nope=1"]
+        app, ["train", "--data", str(bad), "--model", str(base), "--out", "o", "--nope", "1"]
     )
     assert result.exit_code == 2 and "nope" in result.output
     result = runner.invoke(
