@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cutalign.config import TrainerSettings
-from cutalign.cut.export import read_metrics, weights_sha256
+from cutalign.cut.export import read_metrics
 from cutalign.cut.trainer import train
+from cutalign.policy.version import policy_sha256
 from cutalign.store import ArtifactStore, layout
 from cutalign.v1 import common_pb2, training_pb2
 from trainer_support import arithmetic_records, tiny_model, write_jsonl
@@ -62,7 +63,7 @@ def test_cut_with_lora_exports_base_plus_adapter_and_metrics(base: Path, data: P
     assert metrics[-1] == result.final_metrics
 
     merged, original = _weights(out / "model"), _weights(base)
-    assert result.model_sha256 == weights_sha256(out / "model")
+    assert result.model_sha256 == policy_sha256(out / "model")
     assert AutoTokenizer.from_pretrained(out / "model")("1+1")["input_ids"]
     name = "model.layers.0.mlp.gate_proj.weight"
     adapter = load_file(out / "checkpoints" / "step-00000003" / "trainable.safetensors")
@@ -168,7 +169,7 @@ def test_s3_manifest_model_and_outputs(store: ArtifactStore, base: Path, tmp_pat
         "runs/r1/checkpoints/step-00000002/trainable.safetensors",
     } <= keys
     downloaded = store.download_dir("runs/r1/model/", tmp_path / "model")
-    assert weights_sha256(downloaded) == result.model_sha256
+    assert policy_sha256(downloaded) == result.model_sha256, "the hash the policy server computes"
     assert len(store.get_bytes("runs/r1/metrics.jsonl").decode().splitlines()) == 2
     again = train(
         settings, data, model, out, store=store, progress=False

@@ -44,7 +44,7 @@ def train_command(
     table.add_column("output")
     table.add_column("value", overflow="fold")
     table.add_row("model", result.model_uri)
-    table.add_row("weights sha256", result.model_sha256)
+    table.add_row("checkpoint sha256", result.model_sha256)
     table.add_row("metrics", result.metrics_uri)
     for key in ("loss/total", "loss/mle", "loss/unlikelihood", "tokens/flagged_fraction"):
         if key in result.final_metrics:

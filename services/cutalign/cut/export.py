@@ -6,9 +6,9 @@ loads the adapter at runtime instead of restarting on the merged model (``cutali
 
 The merged model is a plain Hugging Face directory (LoRA folded into the base weights, safetensors, tokenizer
 included, in the base model's dtype unless ``export_dtype`` says otherwise): a policy server loads it as any
-model, and the next online iteration trains from it. Its ``weights_sha256`` (sha256 over the bytes of its
-``*.safetensors`` files in name order) is the checkpoint hash recorded on every sample generated with it
-(``PolicyVersion.checkpoint_sha256``).
+model, and the next online iteration trains from it. Its digest is the project's one checkpoint hash
+(``cutalign.policy.version.policy_sha256``: every file of the directory), the one the policy server computes
+when it loads the model, and releases, samples and the generator's guard record.
 
 Metrics are one JSON object per optimizer step, with the project's metric names (``loss/total``,
 ``loss/mle``, ``loss/unlikelihood``, ``tokens/flagged_fraction``, ``throughput/tokens_per_s``, ``lr``,
@@ -17,7 +17,6 @@ Metrics are one JSON object per optimizer step, with the project's metric names 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -29,21 +28,10 @@ from transformers import PreTrainedTokenizerBase
 
 from cutalign.cut.location import as_prefix, is_s3, join, resolve
 from cutalign.cut.modeling import merged_model, saved_dtype
+from cutalign.policy.version import dir_sha256
 from cutalign.store import ArtifactStore
 
 log = logging.getLogger(__name__)
-
-
-def weights_sha256(directory: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{directory} holds no *.safetensors weights")
-    for path in files:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def export_dtype(setting: str, model_dir: Path) -> torch.dtype:
@@ -98,11 +86,11 @@ def export_merged(
     merged.config.use_cache = True  # trained with the cache off; serving wants it
     merged.save_pretrained(local, safe_serialization=True)
     tokenizer.save_pretrained(local)
-    digest = weights_sha256(local)
+    digest = dir_sha256(local)
     if is_s3(dest):
         bound, key = resolve(dest, store)
         bound.upload_dir(as_prefix(key), local)
-    log.info("merged model written to %s (weights sha256 %s)", dest, digest)
+    log.info("merged model written to %s (checkpoint sha256 %s)", dest, digest)
     return digest
 
 

@@ -94,7 +94,7 @@ class TrainResult:
     steps: int
     examples: int
     model_uri: str
-    model_sha256: str  # sha256 over the merged model's safetensors (PolicyVersion.checkpoint_sha256)
+    model_sha256: str  # the merged model's checkpoint sha256 (PolicyVersion.checkpoint_sha256)
     metrics_uri: str
     checkpoint_uri: str
     resumed_from: int | None
