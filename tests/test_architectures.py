@@ -31,7 +31,8 @@ from cutalign.iteration.record import start_run
 from cutalign.iteration.task import Decoding
 from cutalign.judges.programmatic import CountingJudge
 from cutalign.policy.generation import SamplingParams, generate
-from cutalign.reading.training import WarmStartSettings, plain, warm_start
+from cutalign.reading.settings import WarmStartSettings
+from cutalign.reading.training import plain, warm_start
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import iteration_manifest_key, model_prefix
 from cutalign.templates import PromptFormat

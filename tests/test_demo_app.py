@@ -24,7 +24,7 @@ from cutalign.modelinit import ModelShape
 from cutalign.online.session import Callbacks
 from cutalign.online.stack import run_bucket
 from cutalign.policy.promotion import current_release
-from cutalign.reading.training import WarmStartSettings
+from cutalign.reading.settings import WarmStartSettings
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import eval_key, iteration_manifest_key
 

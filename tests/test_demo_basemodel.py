@@ -24,7 +24,8 @@ from cutalign.demo.basemodel import (
 )
 from cutalign.demo.task import CountingTask, tokenizer_corpus, warm_start_examples
 from cutalign.modelinit import ModelShape, init_model
-from cutalign.reading.training import WARM_START_PLAN, WarmStartSettings, warm_start
+from cutalign.reading.settings import WarmStartSettings
+from cutalign.reading.training import WARM_START_PLAN, warm_start
 from cutalign.store import ArtifactStore
 
 torch.set_num_threads(1)

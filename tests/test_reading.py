@@ -18,9 +18,9 @@ from cutalign.iteration.respond import respond
 from cutalign.iteration.task import Decoding
 from cutalign.judges.programmatic import CountingJudge
 from cutalign.policy.loading import load_policy
-from cutalign.reading.examples import ReadingSettings, reading_examples
+from cutalign.reading.examples import reading_examples
 from cutalign.reading.probe import MIN_CONTRAST, ProbeReport, probe, verdict
-from cutalign.reading.training import WarmStartSettings
+from cutalign.reading.settings import ReadingSettings, WarmStartSettings
 from cutalign.reading.warmstart import reading_warm_start
 from cutalign.tasks import get_task
 from policy_support import tiny_policy

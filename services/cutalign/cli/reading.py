@@ -13,12 +13,16 @@ from rich.table import Table
 from cutalign.cli.flags import Flags, settings_flags
 from cutalign.cli.run import DECODING, JUDGE, ModelDir, PromptsFile
 from cutalign.config import JudgeSettings, PolicySettings, TrainerSettings
-from cutalign.reading.examples import ReadingSettings
-from cutalign.reading.training import WarmStartSettings
+from cutalign.reading.settings import READING_TRAINING, ReadingSettings, WarmStartSettings
 
 THRESHOLD = Flags(TrainerSettings, "trainer", only=("threshold",))
 READING = Flags(ReadingSettings, "reading")
-TRAINING = Flags(WarmStartSettings, "training", skip=("template", "seed", "group_by_length"))
+TRAINING = Flags(
+    WarmStartSettings,
+    "training",
+    skip=("template", "seed", "group_by_length"),
+    preset={k: getattr(READING_TRAINING, k) for k in ("epochs", "learning_rate", "lora")},
+)
 
 
 def probe_task(model: Path, task: Any, prompts: list[Any], threshold: float) -> Any:

@@ -23,7 +23,8 @@ from cutalign.cut.location import as_prefix, resolve
 from cutalign.demo.task import CountingTask, WarmStartExample, tokenizer_corpus, warm_start_examples
 from cutalign.errors import UserError
 from cutalign.modelinit import ModelShape, init_model
-from cutalign.reading.training import WarmStartSettings, judged, plain, warm_start
+from cutalign.reading.settings import WarmStartSettings
+from cutalign.reading.training import judged, plain, warm_start
 from cutalign.store import ArtifactStore, ObjectMissing
 from cutalign.store.layout import base_model_prefix
 

@@ -12,18 +12,22 @@ detection needs. This builds the same kind of data for a user's task without kno
 3. emit a **judged** example for every distinct response — its judgment, then the response, so the model
    learns that the judgment text describes the response (positives under their positive judgment, so
    "Perfect." and a named error are told apart) — and a **plain** example for every positive response and
-   every correction the judge gives (``Judgment.correction``), so the task itself is not unlearned.
+   every correction the judge gives (``Judgment.correction``), repeated up to ``plain_share`` of the data,
+   so the task itself is not unlearned (measured: a tiny model trained on its own judged wrong responses
+   makes them under the plain prompt too; docs/results.md).
 
 Held-out prompts are never used: the eval set stays unseen.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from cutalign.cut.examples import CutExample
 from cutalign.iteration.prompts import reference_of
@@ -31,20 +35,9 @@ from cutalign.iteration.task import Decoding, Prompt
 from cutalign.judges.base import Judge, run_judge
 from cutalign.policy.generation import SamplingParams, generate
 from cutalign.policy.loading import LoadedPolicy
+from cutalign.reading.settings import ReadingSettings
 from cutalign.reading.training import judged, plain
 from cutalign.templates import PromptFormat, join_input
-
-
-class ReadingSettings(BaseModel):
-    """Which samples become judgment-reading warm-start data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    samples_per_prompt: int = Field(4, ge=1, description="Responses per prompt (the greedy one first).")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the extra responses.")
-    max_prompts: int = Field(0, ge=0, description="Prompts sampled from (0: all that are given).")
-    corrections: bool = Field(True, description="Add the judge's corrected responses as plain examples.")
-    seed: int = Field(0, ge=0, description="Seed of the sampled responses.")
 
 
 @dataclass(frozen=True)
@@ -101,4 +94,18 @@ def reading_examples(
                 seen.add(verdict.correction)
                 corrections += 1
                 examples.append(plain(f"{sid}-corrected", instruction, verdict.correction, extra))
-    return ReadingData(examples, responses, positives, corrections)
+    return ReadingData(_with_plain_share(examples, settings.plain_share), responses, positives, corrections)
+
+
+def _with_plain_share(examples: list[CutExample], share: float) -> list[CutExample]:
+    """``examples`` with the plain ones repeated (in order) until they make at least ``share`` of the data."""
+    plain_ones = [e for e in examples if e.positive]
+    judged_count = len(examples) - len(plain_ones)
+    if not plain_ones:
+        return examples
+    needed = math.ceil(share * judged_count / (1 - share))  # plain / (plain + judged) >= share
+    repeats = [
+        dataclasses.replace(e, sample_id=f"{e.sample_id}@{k}")
+        for k, e in enumerate(itertools.islice(itertools.cycle(plain_ones), max(0, needed - len(plain_ones))))
+    ]
+    return examples + repeats

@@ -18,9 +18,9 @@ from cutalign.iteration.respond import respond
 from cutalign.iteration.task import Prompt, Task
 from cutalign.judges.loader import load_judge
 from cutalign.policy.loading import load_policy
-from cutalign.reading.examples import ReadingData, ReadingSettings
+from cutalign.reading.examples import ReadingData
 from cutalign.reading.probe import ProbeReport, Verdict, probe, verdict
-from cutalign.reading.training import WarmStartSettings
+from cutalign.reading.settings import READING_TRAINING, ReadingSettings, WarmStartSettings
 from cutalign.reading.warmstart import reading_warm_start
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def prepare(
             spare,
             out,
             reading=reading or ReadingSettings(),
-            training=training or WarmStartSettings(epochs=2.0, learning_rate=1e-3),
+            training=training or READING_TRAINING,
             threads=online.threads,
         )
         base = out

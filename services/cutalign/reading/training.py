@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import get_cosine_schedule_with_warmup
 
 from cutalign.config import TrainerSettings
@@ -33,30 +32,13 @@ from cutalign.cut.collator import CutCollator, ExampleTokenizer, RowPlan
 from cutalign.cut.examples import CutExample
 from cutalign.cut.loss import response_logprobs
 from cutalign.cut.modeling import load_model, load_tokenizer, merged_model, trainable_parameters
+from cutalign.reading.settings import WarmStartSettings
 
 log = logging.getLogger(__name__)
 
 # "positives" (plain examples) under the plain prompt, "negatives" (judged examples) under the judgment
 # prompt: a judged example is a CutExample with positive=False and its judgment, whatever its correctness
 WARM_START_PLAN = RowPlan(positive_mle="plain", negative_mle="judged", negative_misalign=False)
-
-
-class WarmStartSettings(BaseModel):
-    """Optimisation of a warm start: full fine-tuning with AdamW and a cosine schedule."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: float = Field(6.0, gt=0, description="Passes over the warm-start examples.")
-    batch_size: int = Field(32, ge=1, description="Examples per optimizer step.")
-    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate.")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
-    template: str = Field("short", description="Prompt templates of the plain and judged examples.")
-    seed: int = Field(0, description="Seed of the batch order.")
-    # length-grouped batches put plain and judged examples in separate batches; measured worse (0.06 vs 0.33
-    # held-out accuracy after the same 564 steps), so batches are plain random draws
-    group_by_length: bool = Field(False, description="Batch similar lengths together (measured worse).")
-    lora: bool = Field(False, description="Train a LoRA adapter (merged at the end) instead of every weight.")
-    lora_r: int = Field(16, ge=1, description="LoRA rank (alpha = rank), with lora.")
 
 
 def _adapter(settings: WarmStartSettings) -> TrainerSettings:

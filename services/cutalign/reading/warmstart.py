@@ -15,8 +15,9 @@ import torch
 from cutalign.iteration.task import Prompt, Task
 from cutalign.judges.loader import load_judge
 from cutalign.policy.loading import load_policy
-from cutalign.reading.examples import ReadingData, ReadingSettings, reading_examples
-from cutalign.reading.training import WarmStartSettings, warm_start
+from cutalign.reading.examples import ReadingData, reading_examples
+from cutalign.reading.settings import ReadingSettings, WarmStartSettings
+from cutalign.reading.training import warm_start
 
 log = logging.getLogger(__name__)
 

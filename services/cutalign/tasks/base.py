@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cutalign.modelinit import ModelShape, init_model
-from cutalign.reading.training import WarmStartSettings, plain, warm_start
+from cutalign.reading.settings import WarmStartSettings
+from cutalign.reading.training import plain, warm_start
 from cutalign.tasks.family import GeneratedTask
 
 RECIPE_VERSION = 1  # bump when the build below changes what a given spec produces
