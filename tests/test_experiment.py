@@ -180,7 +180,7 @@ def test_experiment_cli_runs_end_to_end_and_writes_its_report(
 ) -> None:
     args = ["experiment", "--base-model", str(base), "--arm", "cut", "--arm", "unlikelihood", "--seeds", "1",
             "--iterations", "1", "--prompts-per-iteration", "6", "--eval-size", "4", "--steps", "1",
-            "--micro-batch-size", "2", "--threads", "1", "--lora-r", "2", "--out", str(tmp_path)]  # fmt: skip
+            "--micro-batch-size", "2", "--threads", "1", "--lora-r", "2", "--workers", "2", "--out", str(tmp_path)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output

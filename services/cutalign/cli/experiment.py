@@ -140,13 +140,29 @@ def experiment_command(
 
 @dataclasses.dataclass(frozen=True)
 class Trimmed:
-    """A task with its held-out set cut to the first ``eval_size`` prompts."""
+    """A task with its held-out set cut to the first ``eval_size`` prompts (picklable, for --workers)."""
 
     task: Any
     eval_size: int
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.task, name)
+    @property
+    def name(self) -> str:
+        return str(self.task.name)
+
+    @property
+    def judge(self) -> str:
+        return str(self.task.judge)
+
+    @property
+    def judge_options(self) -> Any:
+        return self.task.judge_options
+
+    @property
+    def decoding(self) -> Any:
+        return self.task.decoding
+
+    def train_prompts(self) -> Any:
+        return self.task.train_prompts()
 
     def eval_prompts(self) -> list[Any]:
         return list(self.task.eval_prompts())[: self.eval_size]
