@@ -178,9 +178,10 @@ def _bucket(s3: S3Settings, bucket: str) -> ArtifactStore:
 def test_experiment_cli_runs_end_to_end_and_writes_its_report(
     base: Path, tmp_path: Path, platform_env: LocalPlatform
 ) -> None:
-    args = ["experiment", "--base-model", str(base), "--arm", "cut", "--arm", "unlikelihood", "--seeds", "1",
-            "--iterations", "1", "--prompts-per-iteration", "6", "--eval-size", "4", "--steps", "1",
-            "--micro-batch-size", "2", "--threads", "1", "--lora-r", "2", "--workers", "2", "--out", str(tmp_path)]  # fmt: skip
+    arms = ["--arm", "cut", "--arm", "unlikelihood", "--seeds", "1", "--workers", "2"]  # a process each
+    sizes = ["--iterations", "1", "--prompts-per-iteration", "6", "--eval-size", "4", "--steps", "1"]
+    trainer = ["--micro-batch-size", "2", "--threads", "1", "--lora-r", "2"]
+    args = ["experiment", "--base-model", str(base), *arms, *sizes, *trainer, "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
