@@ -154,13 +154,13 @@ def spec_with(options: list[str]) -> BaseModelSpec:
     spec = BaseModelSpec()
     for option in options:
         key, eq, value = option.partition("=")
-        for part in ("data", "training"):
-            section = getattr(spec, part)
-            if eq and key in {f.name for f in dataclasses.fields(section)}:
-                kind = type(getattr(section, key))
-                typed = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-                spec = dataclasses.replace(spec, **{part: dataclasses.replace(section, **{key: typed})})
-                break
+        if eq and key in {f.name for f in dataclasses.fields(spec.data)}:
+            kind = type(getattr(spec.data, key))
+            spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, **{key: kind(value)}))
+        elif eq and key in WarmStartSettings.model_fields:
+            spec = dataclasses.replace(
+                spec, training=WarmStartSettings(**{**spec.training.model_dump(), key: value})
+            )
         else:
             raise UserError(
                 f"warm-start option {option!r} is not key=value with a field of WarmStartData or "
