@@ -215,7 +215,9 @@ class JudgeSettings(BaseSettings):
 
     model_config = _section("JUDGE")
 
-    judge: str = Field("counting", description="Entry point name or dotted path `package.module:Class`.")
+    judge: str = Field(
+        "llm", description="Entry point name or `package.module:Class` (default: the paper's LLM judge)."
+    )
     options_json: str = Field("{}", description="JSON object of keyword arguments for the judge.")
     judge_id: str | None = Field(None, description="Id written on judgments (default: the judge's own).")
     max_retries: int = Field(3, ge=0, description="Retries of a failing judge call before dead-lettering.")
