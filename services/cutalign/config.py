@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cutalign import __version__
 from cutalign.errors import UserError
 
 
@@ -484,7 +485,7 @@ class LauncherSettings(BaseSettings):
         "pytorchjob", description="PyTorchJob (kubeflow.org/v1) or Kubeflow Trainer v2 TrainJob."
     )
     namespace: str = Field("cutalign", description="Namespace the training job is created in.")
-    image: str = Field("ghcr.io/cutalign/trainer:0.1.0", description="Trainer image (pinned tag or digest).")
+    image: str = Field(f"ghcr.io/cutalign/trainer:{__version__}", description="Trainer image (pinned tag or digest).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Image pull policy of the training pods."
     )

@@ -17,10 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings
 
-from cutalign import config
+from cutalign import __version__, config
 from cutalign.judges.llm import ENV_PREFIX as JUDGE_LLM_PREFIX
 
-IMAGE = "ghcr.io/cutalign/trainer:0.1.0"  # the chart's images.trainer; a test keeps the two equal
+IMAGE = f"ghcr.io/cutalign/trainer:{__version__}"  # the chart's images.trainer; a test keeps the two equal
 
 _MODEL = ConfigDict(extra="forbid", frozen=True)
 
