@@ -1,4 +1,4 @@
-"""One version: the package's ``__version__`` is the distribution's, the images' tag, the chart's appVersion."""
+"""One version: the package's ``__version__`` is the distribution's, the images' tag, the chart's."""
 
 from __future__ import annotations
 

@@ -485,7 +485,9 @@ class LauncherSettings(BaseSettings):
         "pytorchjob", description="PyTorchJob (kubeflow.org/v1) or Kubeflow Trainer v2 TrainJob."
     )
     namespace: str = Field("cutalign", description="Namespace the training job is created in.")
-    image: str = Field(f"ghcr.io/cutalign/trainer:{__version__}", description="Trainer image (pinned tag or digest).")
+    image: str = Field(
+        f"ghcr.io/cutalign/trainer:{__version__}", description="Trainer image (pinned tag or digest)."
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Image pull policy of the training pods."
     )

@@ -293,8 +293,8 @@ class LocalPlatform:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={self.root / 's3.json'}",
-            # every bucket is a collection with volumes of its own: small volumes and an explicit limit, or a
-            # free-disk-based one (disk / 1 GB volumes) runs out after a dozen buckets ("no free volumes left")
+            # every bucket is a collection with volumes of its own: small volumes and an explicit limit, or
+            # the free-disk-based one (disk / 1 GB volumes) runs out after a dozen buckets (no free volumes)
             "-master.volumeSizeLimitMB=64",
             "-volume.max=4000",
             f"-master.port={s.master_port}",
