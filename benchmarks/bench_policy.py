@@ -87,18 +87,24 @@ def _server(server: PolicyServerProcess) -> float:
     print(f"policy server: {ModelShape()}")
     print(f"{N_PROMPTS} plain-template prompts (~150 tokens) x {MAX_NEW_TOKENS} new tokens, greedy, 1 thread")
     print(f"one request at a time  {one_tps:8.0f} generated tok/s | {one_rps:6.1f} req/s")
-    print(f"{IN_FLIGHT} in flight (batched) {many_tps:8.0f} generated tok/s | {many_rps:6.1f} req/s "
-          f"| mean batch {mean_rows:.1f} rows")  # fmt: skip
+    print(
+        f"{IN_FLIGHT} in flight (batched) {many_tps:8.0f} generated tok/s | {many_rps:6.1f} req/s "
+        f"| mean batch {mean_rows:.1f} rows"
+    )
     print(f"batching speed-up      {many_tps / one_tps:8.2f} x")
     return many_rps
 
 
 def _generator(server: PolicyServerProcess, base: KafkaSettings, raw_rps: float) -> None:
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    kafka = base.model_copy(update={
-        "topic_prompts": f"{name}.prompts", "topic_samples": f"{name}.samples",
-        "topic_deadletter": f"{name}.deadletter", "topic_judgments": f"{name}.judgments",
-    })  # fmt: skip
+    kafka = base.model_copy(
+        update={
+            "topic_prompts": f"{name}.prompts",
+            "topic_samples": f"{name}.samples",
+            "topic_deadletter": f"{name}.deadletter",
+            "topic_judgments": f"{name}.judgments",
+        }
+    )
     provision_topics(kafka)
     policy = PolicySettings(url=server.url, max_new_tokens=MAX_NEW_TOKENS, max_in_flight=IN_FLIGHT)
     generator = GeneratorSettings(group_id=name, iteration=1, batch_size=32, poll_timeout_s=0.2, http_port=0)
@@ -109,9 +115,14 @@ def _generator(server: PolicyServerProcess, base: KafkaSettings, raw_rps: float)
     thread.start()
     with (
         TypedProducer(kafka, service="bench") as producer,
-        TypedConsumer(kafka, group_id=f"{name}-reader", topics=[kafka.topic_samples],
-                      message_type=messages_pb2.Sample, service="bench") as reader,
-    ):  # fmt: skip
+        TypedConsumer(
+            kafka,
+            group_id=f"{name}-reader",
+            topics=[kafka.topic_samples],
+            message_type=messages_pb2.Sample,
+            service="bench",
+        ) as reader,
+    ):
 
         def publish(instructions: list[str], prefix: str) -> None:
             for i, text in enumerate(instructions):
@@ -134,6 +145,8 @@ def _generator(server: PolicyServerProcess, base: KafkaSettings, raw_rps: float)
     stop.set()
     thread.join(60)
     sps = N_GENERATOR / elapsed
-    print(f"generator end to end   {sps:8.1f} samples/s ({N_GENERATOR} prompts: Kafka -> policy -> Kafka, "
-          f"commit per batch of {generator.batch_size}, {IN_FLIGHT} calls in flight)")  # fmt: skip
+    print(
+        f"generator end to end   {sps:8.1f} samples/s ({N_GENERATOR} prompts: Kafka -> policy -> Kafka, "
+        f"commit per batch of {generator.batch_size}, {IN_FLIGHT} calls in flight)"
+    )
     print(f"server raw rate        {raw_rps:8.1f} req/s -> generator/server ratio {sps / raw_rps:.2f}")

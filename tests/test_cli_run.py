@@ -60,9 +60,20 @@ def test_eval_judges_one_model_with_a_judge_from_outside_the_repository(
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(
         app,
-        ["eval", "--model", str(user_task / "base"), "--eval", str(user_task / "eval.jsonl"),
-         "--judge", "reverse_task:ReverseJudge", "--max-new-tokens", "8", "--out", str(out)],
-    )  # fmt: skip
+        [
+            "eval",
+            "--model",
+            str(user_task / "base"),
+            "--eval",
+            str(user_task / "eval.jsonl"),
+            "--judge",
+            "reverse_task:ReverseJudge",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["metrics"]["eval/total"] == 2 and "accuracy" in result.output
@@ -86,11 +97,35 @@ def test_run_drives_a_users_task_and_judge_through_the_services_on_the_running_p
     out = tmp_path / "run"
     result = CliRunner().invoke(
         app,
-        ["run", "--prompts", str(user_task / "prompts.jsonl"), "--eval", str(user_task / "eval.jsonl"),
-         "--judge", "reverse_task:ReverseJudge", "--base-model", str(user_task / "base"),
-         "--iterations", "1", "--out", str(out), "--steps", "2", "--micro-batch-size", "4", "--lora-r", "4",
-         "--max-new-tokens", "8", "--arm", "cut", "--baseline", "--threads", "1"],
-    )  # fmt: skip
+        [
+            "run",
+            "--prompts",
+            str(user_task / "prompts.jsonl"),
+            "--eval",
+            str(user_task / "eval.jsonl"),
+            "--judge",
+            "reverse_task:ReverseJudge",
+            "--base-model",
+            str(user_task / "base"),
+            "--iterations",
+            "1",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--micro-batch-size",
+            "4",
+            "--lora-r",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--arm",
+            "cut",
+            "--baseline",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     judged, baseline = report["runs"]

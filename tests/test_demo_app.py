@@ -70,8 +70,12 @@ def test_fast_demo_runs_one_iteration_through_the_services_and_reports_both_arms
     assert iteration.iteration == 1 and iteration.promoted and iteration.steps == 2
     assert iteration.positives + iteration.negatives == FAST.online.prompts_per_iteration
     assert iteration.trained_positives == iteration.positives, "the span arm keeps every positive"
-    assert {name for _, name in tasks} >= {"publish-prompts", "wait-for-judging", "train-policy",
-                                            "promote-policy"}  # fmt: skip
+    assert {name for _, name in tasks} >= {
+        "publish-prompts",
+        "wait-for-judging",
+        "train-policy",
+        "promote-policy",
+    }
     assert set(iteration.seconds) >= {"wait-for-judging", "train-policy", "evaluate-policy"}
     # ... recorded in the run's own bucket, with the release the server was hot-reloaded to
     run_store = ArtifactStore(s3_settings.model_copy(update={"bucket": judged.bucket}))

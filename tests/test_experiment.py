@@ -164,8 +164,11 @@ def test_arms_see_identical_prompts_and_first_iteration_data_and_take_the_same_s
     assert "detection/recall" in cut.records[1].metrics, "spans known: detection is measured"
     sft = next(r for r in results if r.arm == "sft")
     assert "tokens/flagged_fraction" not in sft.records[1].metrics
-    for arm, kept in (("sft", lambda p, n: p), ("cut", lambda p, n: min(p, round(0.25 * n))),
-                      ("span-noalignn", lambda p, n: p)):  # fmt: skip
+    for arm, kept in (
+        ("sft", lambda p, n: p),
+        ("cut", lambda p, n: min(p, round(0.25 * n))),
+        ("span-noalignn", lambda p, n: p),
+    ):
         rec = next(r for r in results if r.arm == arm).records[1]
         assert rec.trained_positives == kept(rec.positives, rec.negatives), f"{arm}'s data balance"
     assert all(rec.promoted for r in results for rec in r.records), "the method promotes every iteration"

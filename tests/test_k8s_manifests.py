@@ -28,8 +28,14 @@ from cutalign.k8s.release_check import missing_version
 from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import CrdCatalog, ManifestInvalid, shipped_crd_dir
 
-RUN_ARGS = ["--data", "s3://cutalign/iterations/0003/manifest.json", "--model", "s3://cutalign/models/base/",
-            "--out", "s3://cutalign/iterations/0003/"]  # fmt: skip
+RUN_ARGS = [
+    "--data",
+    "s3://cutalign/iterations/0003/manifest.json",
+    "--model",
+    "s3://cutalign/models/base/",
+    "--out",
+    "s3://cutalign/iterations/0003/",
+]
 ACCESS_KEY, SECRET_KEY = "AKIA-test-access-value", "test-secret-value-123"
 
 
@@ -120,8 +126,11 @@ def test_pytorchjob_built_in_code_is_valid_against_training_operator_crd(
         (container,) = pod["containers"]
         assert container["name"] == "pytorch"
         assert container["command"] == [
-            "torchrun", "--nproc-per-node=4", "--max-restarts=0", "/app/services/trainer/main.py",
-        ]  # fmt: skip
+            "torchrun",
+            "--nproc-per-node=4",
+            "--max-restarts=0",
+            "/app/services/trainer/main.py",
+        ]
         assert container["args"] == RUN_ARGS
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
         assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
@@ -298,7 +307,7 @@ def test_cli_validate_fails_listing_every_error(tmp_path: Path) -> None:
                 },
                 {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}},
             ]
-        )  # fmt: skip
+        )
     )
     result = CliRunner().invoke(app, ["k8s", "validate", str(bad)])
     assert result.exit_code == 1

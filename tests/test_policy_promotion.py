@@ -54,8 +54,13 @@ def test_promote_records_each_iteration_once_and_moves_current(
         a, uri="s3://x/models/a", iteration=0, model_id="tiny", eval_metrics={"eval/accuracy": 0.5}
     )
     promote(store, first)
-    second = build_release(b, uri="s3://x/iterations/0001/model", iteration=1, model_id="tiny",
-                           manifest_key="iterations/0001/manifest.json")  # fmt: skip
+    second = build_release(
+        b,
+        uri="s3://x/iterations/0001/model",
+        iteration=1,
+        model_id="tiny",
+        manifest_key="iterations/0001/manifest.json",
+    )
     promote(store, second)
 
     current = current_release(store)
@@ -104,8 +109,12 @@ def test_admin_route_hot_reloads_a_new_policy_and_refuses_bad_ones(
         status, answer = admin_load(server, body)
         assert status == 200, answer
         assert answer["previous"]["checkpoint_sha256"] == dir_sha256(a)
-        assert answer["policy"] == {"model_id": "tiny-b", "checkpoint_sha256": dir_sha256(b), "iteration": 1,
-                                    "uri": str(b)}  # fmt: skip
+        assert answer["policy"] == {
+            "model_id": "tiny-b",
+            "checkpoint_sha256": dir_sha256(b),
+            "iteration": 1,
+            "uri": str(b),
+        }
         completion = PolicyClient(PolicySettings(url=server.url, max_new_tokens=12)).complete(PROMPT)
         new = load_policy(str(b))
         assert (
@@ -165,8 +174,9 @@ def test_server_follows_current_json_in_s3_and_refuses_a_release_that_does_not_m
     a, b = checkpoints
     store.upload_dir("models/a/", a)
     store.upload_dir("iterations/0001/model/", b)
-    with start_policy_server(store.uri("models/a"), env=env_for, torch_threads=1, watch_current=True,
-                             watch_interval_s=0.3) as server:  # fmt: skip
+    with start_policy_server(
+        store.uri("models/a"), env=env_for, torch_threads=1, watch_current=True, watch_interval_s=0.3
+    ) as server:
         assert served_sha(server) == dir_sha256(a)
         promote(store, build_release(b, uri=store.uri("iterations/0001/model"), iteration=1, model_id="tiny"))
         deadline = time.monotonic() + 60

@@ -39,8 +39,14 @@ def offline(checkpoint: Path) -> LoadedPolicy:
 
 @pytest.fixture(scope="module")
 def server(checkpoint: Path) -> Iterator[PolicyServerProcess]:
-    with start_policy_server(checkpoint, torch_threads=1, max_batch_size=8, max_batch_wait_ms=20,
-                             policy_model_id="tiny", iteration=2) as process:  # fmt: skip
+    with start_policy_server(
+        checkpoint,
+        torch_threads=1,
+        max_batch_size=8,
+        max_batch_wait_ms=20,
+        policy_model_id="tiny",
+        iteration=2,
+    ) as process:
         yield process
 
 

@@ -15,8 +15,16 @@ from cutalign.config import JudgeSettings, OnlineSettings, PolicySettings, Train
 
 # TrainerSettings a run sets itself for every iteration (cutalign.iteration.arms.run_loop) or takes from
 # the task (the template) and the arm (the Align-P ratio): not flags of the commands that drive a run
-DRIVER_SET = ("template", "epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "resume", "seed",
-              "align_p_ratio")  # fmt: skip
+DRIVER_SET = (
+    "template",
+    "epochs",
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "resume",
+    "seed",
+    "align_p_ratio",
+)
 TRAINER = Flags(TrainerSettings, "trainer", skip=DRIVER_SET)
 JUDGE = Flags(JudgeSettings, "judge", only=("judge", "options_json"), prefix="judge-")
 DECODING = Flags(PolicySettings, "policy", only=("template", "max_new_tokens"))

@@ -29,8 +29,15 @@ from cutalign.iteration.train import run_name
 from cutalign.online.stack import Stack
 
 # pipeline parameters that are TrainerSettings fields; every other trainer field goes in the overrides JSON
-PIPELINE_TRAINER_PARAMS = ("objective", "threshold", "unlikelihood_weight", "lora", "lora_r", "lora_alpha",
-                           "learning_rate")  # fmt: skip
+PIPELINE_TRAINER_PARAMS = (
+    "objective",
+    "threshold",
+    "unlikelihood_weight",
+    "lora",
+    "lora_r",
+    "lora_alpha",
+    "learning_rate",
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")

@@ -226,8 +226,11 @@ def platform_session(
     state = platform.status()
     running = [name for name, info in state.items() if info["running"] and info["listening"]]
     if len(running) == len(state):
-        log.info("reusing the running platform (kafka :%s, s3 :%s)", platform.settings.kafka_port,
-                 platform.settings.s3_port)  # fmt: skip
+        log.info(
+            "reusing the running platform (kafka :%s, s3 :%s)",
+            platform.settings.kafka_port,
+            platform.settings.s3_port,
+        )
         yield platform.kafka_settings, platform.s3, False
         return
     platform.up()
