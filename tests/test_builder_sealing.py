@@ -5,10 +5,16 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import pytest
 
-from builder_support import builder_settings, dead_letters, judgment, running_builder, wait_committed
+from builder_support import (
+    builder_settings,
+    dead_letters,
+    judgment,
+    running_builder,
+    seal_http,
+    wait_committed,
+)
 from cutalign.builder import read_sealed_examples, seal_iteration
 from cutalign.builder.shards import list_shard_manifests, read_shard
 from cutalign.bus import TypedProducer, provision_topics
@@ -36,11 +42,6 @@ def _send(kafka: KafkaSettings, ids: range, iteration: int, producer: TypedProdu
         sender.flush()
 
 
-def _seal_http(port: int | None, iteration: int) -> None:
-    response = httpx.post(f"http://127.0.0.1:{port}/seal?iteration={iteration}", timeout=60)
-    assert response.status_code == 200, response.text
-
-
 @pytest.mark.parametrize("policy", ["next", "deadletter"])
 def test_late_judgments_move_to_the_open_iteration_or_are_dead_lettered(
     policy: str,
@@ -54,13 +55,13 @@ def test_late_judgments_move_to_the_open_iteration_or_are_dead_lettered(
     with running_builder(kafka_settings, s3_settings, settings, store) as builder:
         _send(kafka_settings, range(10), iteration=1)
         wait_committed(kafka_settings, unique_name, 10)
-        _seal_http(builder.http_port, 1)
+        seal_http(builder, 1)
         assert builder.open == 2
         _send(kafka_settings, range(100, 105), iteration=1)  # late for the sealed iteration 1
         _send(kafka_settings, range(3, 4), iteration=1)  # a re-sent judgment that iteration 1 holds
         _send(kafka_settings, range(200, 205), iteration=2)
         wait_committed(kafka_settings, unique_name, 10 + 5 + 1 + 5)
-        _seal_http(builder.http_port, 2)
+        seal_http(builder, 2)
         stats = builder.stats
     assert stats.duplicates == 1
     assert sorted(_ids(store, 1)) == sorted(f"p{i}#0" for i in range(10))
