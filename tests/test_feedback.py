@@ -31,6 +31,7 @@ from cutalign.store import ArtifactStore
 from cutalign.v1 import common_pb2, messages_pb2, training_pb2
 
 TOKEN = "test-feedback-token"
+OTHER_TOKEN = "test-feedback-token-of-another-app"
 SALT = "test-salt-0123456789"
 RAW_USER = "alice@example.com"
 SHA_1 = hashlib.sha256(b"policy one").hexdigest()
@@ -90,6 +91,7 @@ def server(kafka_settings: KafkaSettings, store: ArtifactStore) -> Iterator[Serv
     _promote(store, SHA_1, 1)
     settings = FeedbackSettings(
         token=TOKEN,
+        client_tokens={"other-app": OTHER_TOKEN},
         user_hash_salt=SALT,
         rate_limit_per_s=0.5,
         rate_limit_burst=40,
@@ -159,7 +161,7 @@ def test_accepted_events_are_on_the_judgments_topic_with_polarity_hash_and_polic
         assert judgment.sample.response == event["response"]
         assert judgment.sample.policy.checkpoint_sha256 == SHA_1
         assert judgment.sample.policy.model_id == "tiny", "the promoted release's full version is recorded"
-        assert judgment.sample.iteration == 1
+        assert judgment.sample.iteration == 0, "unassigned: the builder puts it in the open iteration"
         assert judgment.sample.created_at_ms == 1769860800000
         assert judgment.user_hash == ("" if "user_id" not in event else user_hash)
         assert RAW_USER.encode() not in envelope.value, "the raw user id must never be published"
@@ -210,23 +212,31 @@ def test_each_bad_request_is_rejected_with_its_status_and_reason(server: Server)
                 assert SHA_1 in r.json()["detail"], "the reason names the accepted version"
 
         chunked = client.post(
-            "/v1/feedback", content=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]), headers=AUTH
+            "/v1/feedback",
+            content=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]),
+            headers={**AUTH, "Content-Type": "application/json"},
         )
         assert (chunked.status_code, chunked.json()["error"]) == (413, "body_too_large")
 
-        statuses = [client.post("/v1/feedback", json=_event(source="flood"), headers=AUTH) for _ in range(45)]
+        # rotating the body's source does not get a fresh bucket: the limit is per authenticated client, and
+        # each request with the token took from it (the 12 refused above and the chunked one): 27 are left
+        statuses = [
+            client.post("/v1/feedback", json=_event(source=f"flood-{i}"), headers=AUTH) for i in range(45)
+        ]
         limited = [r for r in statuses if r.status_code == 429]
-        assert [r.status_code for r in statuses[:40]] == [202] * 40, "the burst is admitted"
+        assert [r.status_code for r in statuses[:27]] == [202] * 27, "the rest of the burst is admitted"
         assert limited and all(r.json()["error"] == "rate_limited" for r in limited)
         assert int(limited[0].headers["Retry-After"]) >= 1
-        other = client.post("/v1/feedback", json=_event(source="other-app"), headers=AUTH)
-        assert other.status_code == 202, "the limit is per source"
+        other = client.post("/v1/feedback", json=_event(), headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
+        assert other.status_code == 202, "another client's token has its own bucket"
 
         metrics = client.get("/metrics").text
         assert 'cutalign_feedback_requests_total{outcome="unknown_policy_version"}' in metrics
+        assert 'cutalign_feedback_accepted_total{client="other-app",polarity="negative"}' in metrics
+        assert "flood-" not in metrics, "no label takes a value the client chooses"
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
-    assert len(_judgments(server.kafka, 42, timeout_s=4)) == 41, "no rejected request reached the topic"
+    assert len(_judgments(server.kafka, 29, timeout_s=4)) == 28, "no rejected request reached the topic"
 
 
 def test_newly_promoted_policy_is_accepted_after_refresh_and_concurrent_posts_all_land(
@@ -261,7 +271,7 @@ def test_insecure_configuration_refuses_to_start(kafka_settings: KafkaSettings) 
 
 
 def test_module_entry_point_serves_from_environment_and_stops_on_sigterm(
-    kafka_settings: KafkaSettings, env_for: dict[str, str]
+    kafka_settings: KafkaSettings, env_for: dict[str, str], store: ArtifactStore
 ) -> None:
     provision_topics(kafka_settings)
     port = free_port()

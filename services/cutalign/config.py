@@ -269,15 +269,25 @@ class FeedbackSettings(BaseSettings):
     model_config = _section("FEEDBACK")
 
     token: SecretStr | None = Field(None, description="Bearer token producers must send (from a Secret).")
+    client_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="More bearer tokens, by client name (from a Secret): each client has its own rate limit.",
+    )
     user_hash_salt: SecretStr = Field(SecretStr("change-me"), description="Salt for hashing user ids.")
-    rate_limit_per_s: float = Field(50.0, gt=0, description="Sustained requests per second per source.")
-    rate_limit_burst: int = Field(100, ge=1, description="Burst size per source.")
+    rate_limit_per_s: float = Field(50.0, gt=0, description="Sustained requests per second per client token.")
+    rate_limit_burst: int = Field(100, ge=1, description="Burst size per client token.")
+    auth_failure_per_s: float = Field(
+        0.2, gt=0, description="Failed authentications per second tolerated from one client address."
+    )
+    auth_failure_burst: int = Field(10, ge=1, description="Failed authentications in a row from one address.")
     max_body_bytes: int = Field(256 * 1024, ge=1, description="Larger requests get 413.")
     known_policy_versions: list[str] = Field(
         default_factory=list,
-        description="Accepted policy checkpoint hashes (empty: read the promoted policy).",
+        description="Policy checkpoint hashes accepted besides the recent releases (e.g. a base model).",
     )
-    iteration: int = Field(1, ge=0, description="Iteration that production feedback is assigned to.")
+    release_window: int = Field(
+        3, ge=1, description="Feedback on any of this many most recent policy releases is accepted."
+    )
     host: str = Field("0.0.0.0", description="Address the ingestion server binds.")
     port: int = Field(8092, ge=0, le=65535, description="Ingestion server port (API, health, metrics).")
     positive_rating_threshold: float = Field(
@@ -287,7 +297,7 @@ class FeedbackSettings(BaseSettings):
         False, description="Reject (422) feedback with neither a positive flag nor a rating."
     )
     policy_refresh_s: float = Field(
-        30.0, gt=0, description="How long the promoted policy version read from S3 is cached."
+        30.0, gt=0, description="How long the accepted policy versions read from S3 are cached."
     )
 
 

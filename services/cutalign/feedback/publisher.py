@@ -52,6 +52,21 @@ class GroupCommitPublisher:
                 if first <= ticket <= last:
                     raise PublishFailed(f"the broker did not acknowledge the feedback: {why}")
 
+    def probe(self, timeout_s: float = 2.0) -> str | None:
+        """None if everything sent is acknowledged (now, or by a flush of ``timeout_s``), else why not.
+
+        What ``/readyz`` asks: while the publisher cannot publish, the pod must not get traffic — and the
+        flush this runs is what recovers a fenced producer when no request comes to do it.
+        """
+        if self._producer.healthy:
+            return None
+        with self._producer_lock:
+            try:
+                self._producer.flush(timeout_s)
+            except DeliveryError as e:
+                return str(e)
+        return None
+
     def close(self) -> None:
         with self._producer_lock:
             self._producer.flush()

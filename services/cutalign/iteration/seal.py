@@ -2,9 +2,10 @@
 
 With a running target builder (``iteration.builder_url``), the seal goes through its ``POST /seal`` endpoint,
 with the builder's admin token (``iteration.builder_admin_token``): the builder first flushes the judgments it
-still buffers into shards, so they are in the manifest rather than arriving late. Without one (the embedded demo, a builder that has stopped), ``seal_iteration`` seals what is
-durable in S3 directly. Both are idempotent, and either way the manifest is then read back from the store: the
-bucket, not an HTTP answer, is the source of truth the next steps use.
+still buffers into shards, so they are in the manifest rather than arriving late. Without one (the embedded
+demo, a builder that has stopped), ``seal_iteration`` seals what is durable in S3 directly. Both are
+idempotent, and either way the manifest is then read back from the store: the bucket, not an HTTP answer, is
+the source of truth the next steps use.
 """
 
 from __future__ import annotations
