@@ -140,8 +140,12 @@ class TypedConsumer(Generic[M]):
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.assign(partitions)
-        if self._paused and partitions:  # handed over while a batch is in the works: hold them too
+        if not partitions:
+            return
+        if self._paused:  # handed over while a batch is in the works: hold them too
             consumer.pause(partitions)
+        else:  # librdkafka keeps a partition's pause across a loss and a new assignment: clear it
+            consumer.resume(partitions)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = [(tp.topic, tp.partition) for tp in partitions]
@@ -162,6 +166,7 @@ class TypedConsumer(Generic[M]):
             yield
         finally:
             self._paused = False
+            # what was paused and lost meanwhile is resumed when it is assigned again (``_assigned``)
             self._consumer.resume(self._consumer.assignment())
 
     def keep_alive(self, timeout_s: float) -> None:

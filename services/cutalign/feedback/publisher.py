@@ -19,6 +19,10 @@ from cutalign.bus import DeliveryError, TypedProducer
 from cutalign.v1 import messages_pb2
 
 
+# How long a request waits for the broker's acknowledgement before it is answered 503 (clients retry).
+FLUSH_TIMEOUT_S = 10.0
+
+
 class PublishFailed(RuntimeError):
     """The broker did not acknowledge the batch this message was flushed with; the client should retry."""
 
@@ -44,7 +48,7 @@ class GroupCommitPublisher:
                 with self._producer_lock:
                     first, last = self._durable + 1, self._sent
                     try:
-                        self._producer.flush()
+                        self._producer.flush(FLUSH_TIMEOUT_S)
                     except DeliveryError as e:
                         self._failed.append((first, last, str(e)))
                     self._durable = last
