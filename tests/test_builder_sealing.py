@@ -20,7 +20,7 @@ from cutalign.builder.shards import list_shard_manifests, read_shard
 from cutalign.bus import TypedProducer, provision_topics
 from cutalign.config import KafkaSettings, S3Settings
 from cutalign.store import ArtifactStore, layout
-from cutalign.v1 import training_pb2
+from cutalign.v1 import messages_pb2, training_pb2
 
 
 def _manifest(store: ArtifactStore, iteration: int) -> training_pb2.IterationManifest:
@@ -163,3 +163,33 @@ def test_iterations_seal_automatically(
             for e in read_shard(store, store.get_manifest(k, training_pb2.ShardManifest))]  # fmt: skip
     ids = _ids(store, 1) + rest
     assert sorted(ids) == sorted(f"p{i}#0" for i in range(30))
+
+
+def test_production_feedback_flows_into_whichever_iteration_is_open_and_is_never_late(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    """Feedback is published unassigned (iteration 0); a direct producer may still name a sealed one."""
+    provision_topics(kafka_settings)
+    settings = builder_settings(unique_name, late_policy="deadletter", align_p_ratio=10.0)
+
+    def feedback(ids: range, iteration: int = 0) -> None:
+        with TypedProducer(kafka_settings, service="test") as producer:
+            for i in ids:
+                message = judgment(i, positive=i % 2 == 0, iteration=iteration)
+                message.sample.prompt.iteration = iteration
+                message.source = messages_pb2.PRODUCTION_FEEDBACK
+                producer.send(kafka_settings.topic_judgments, message, f"p{i}#0")
+
+    with running_builder(kafka_settings, s3_settings, settings, store) as builder:
+        feedback(range(10))
+        wait_committed(kafka_settings, unique_name, 10)
+        seal_http(builder, 1)
+        feedback(range(10, 15))
+        feedback(range(15, 20), iteration=1)  # late for the sealed iteration 1: moves, despite the policy
+        wait_committed(kafka_settings, unique_name, 20)
+        seal_http(builder, 2)
+        stats = builder.stats
+    assert sorted(_ids(store, 1)) == sorted(f"p{i}#0" for i in range(10))
+    assert sorted(_ids(store, 2)) == sorted(f"p{i}#0" for i in range(10, 20))
+    assert {e.iteration for e in read_sealed_examples(store, _manifest(store, 2))} == {2}
+    assert stats.dead_lettered == 0 and not dead_letters(kafka_settings, idle_s=0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import httpx
@@ -185,3 +186,31 @@ def test_seal_endpoint_needs_the_admin_token_and_answers_errors_with_the_fix(
     token_file = Path(record.getMessage().removeprefix("admin token generated; see "))
     assert token_file.read_text().strip() == builder.admin_token
     assert token_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_builder_joining_mid_stream_takes_partitions_over_exactly_once(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    """Scale-out: a second builder joins the group over four partitions while judgments stream in; the first
+    one's buffers of the partitions it loses are dropped and rebuilt by the new owner."""
+    kafka = kafka_settings.model_copy(update={"partitions": 4})
+    provision_topics(kafka)
+    settings = builder_settings(unique_name, align_p_ratio=10.0, shard_max_examples=25, shard_max_seconds=0.5)
+
+    def send(ids: range) -> None:
+        with TypedProducer(kafka, service="test") as producer:
+            for i in ids:
+                producer.send(kafka.topic_judgments, judgment(i, positive=i % 3 == 0), key=f"p{i}#0")
+
+    with running_builder(kafka, s3_settings, settings, store) as first:
+        send(range(200))
+        while first.stats.consumed < 100:
+            time.sleep(0.01)
+        with running_builder(kafka, s3_settings, settings, store) as second:
+            send(range(200, 500))
+            wait_committed(kafka, unique_name, 500, timeout_s=90)
+            assert second.stats.examples, "the joining builder built a share"
+        summary = seal_http(first, 1)
+    assert first.stats.examples + second.stats.examples == 500, "each judgment built once"
+    assert sorted(_sealed_ids(store, 1)) == sorted(f"p{i}#0" for i in range(500))
+    assert sum(summary["counts_before_downsampling"].values()) == 500

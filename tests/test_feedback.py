@@ -26,7 +26,7 @@ from cutalign.config import FeedbackSettings, KafkaSettings
 from cutalign.feedback.app import create_app
 from cutalign.feedback.versions import KnownVersions
 from cutalign.policy.launcher import free_port
-from cutalign.policy.promotion import promote
+from cutalign.policy.promotion import promote, rollback
 from cutalign.store import ArtifactStore
 from cutalign.v1 import common_pb2, messages_pb2, training_pb2
 
@@ -312,3 +312,110 @@ def test_module_entry_point_serves_from_environment_and_stops_on_sigterm(
     assert RAW_USER not in stderr, "the raw user id must never be logged"
     assert '"reason": "invalid_event"' in stderr, "rejections are logged as JSON with their reason"
     assert len(_judgments(kafka_settings, 1)) == 1
+
+
+# -- faults found by trying the endpoint harder (issue: reliability under faults, item 5) --------------------
+
+
+def test_a_retry_without_an_event_id_is_the_same_judgment(server: Server) -> None:
+    """Before: a retry without ``event_id`` got a new sample id (from the time of receipt): a duplicate."""
+    event = _event(timestamp=None)  # no event id, no client timestamp: the content is the identity
+    with httpx.Client(base_url=server.url, headers=AUTH) as client:
+        first = client.post("/v1/feedback", json=event).json()["sample_id"]
+        time.sleep(0.05)
+        retried = client.post("/v1/feedback", json=event).json()["sample_id"]
+        keyed = [
+            client.post("/v1/feedback", json=_event(feedback=text), headers={"Idempotency-Key": "k-1"}).json()
+            for text in ("It skips 5.", "It skips 5 (sent again, edited).")
+        ]
+        bad_key = client.post("/v1/feedback", json=event, headers={"Idempotency-Key": "k" * 300})
+    assert first == retried
+    assert keyed[0]["sample_id"] == keyed[1]["sample_id"] != first, "the Idempotency-Key is the identity"
+    assert (bad_key.status_code, bad_key.json()["error"]) == (400, "invalid_idempotency_key")
+
+
+def test_content_type_invisible_text_and_tokens_in_the_url_are_handled(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: Content-Type was not checked, a response of zero-width spaces was accepted, and a token sent
+    as ``?token=`` was written to the access log."""
+    caplog.set_level(logging.INFO)
+    with httpx.Client(base_url=server.url, headers=AUTH) as client:
+        plain = client.post(
+            "/v1/feedback", content=json.dumps(_event()), headers={"Content-Type": "text/plain"}
+        )
+        invisible = client.post("/v1/feedback", json=_event(response="\u200b\u200b\ufeff"))
+        invisible_feedback = client.post("/v1/feedback", json=_event(feedback="\u200b \u2060"))
+        surrogate = client.post(
+            "/v1/feedback",
+            content=json.dumps(_event()).replace("3 4 6", "3 \\ud800 6"),
+            headers={"Content-Type": "application/json"},
+        )
+        in_url = client.post("/v1/feedback?token=leaked-secret-123&x=1", json=_event(event_id="url"))
+    assert (plain.status_code, plain.json()["error"]) == (415, "unsupported_media_type")
+    assert (invisible.status_code, invisible.json()["error"]) == (422, "invalid_event")
+    assert "visible text" in invisible.json()["detail"]
+    assert (invisible_feedback.status_code, invisible_feedback.json()["error"]) == (422, "invalid_event")
+    assert (surrogate.status_code, surrogate.json()["error"]) == (400, "malformed_body"), "not text"
+    assert in_url.status_code == 202
+    access = [r for r in caplog.records if r.name == "uvicorn.access"]
+    assert any("/v1/feedback?[query redacted]" in r.getMessage() for r in access), "the line is logged"
+    served = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]  # not the client's
+    assert not any("leaked-secret-123" in r.getMessage() + str(r.__dict__) for r in served)
+
+
+def test_wrong_tokens_are_throttled_per_client_address_and_oversize_text_is_refused(
+    kafka_settings: KafkaSettings, store: ArtifactStore
+) -> None:
+    """Before: wrong-token guesses were never throttled (700 at ~1,000/s)."""
+    provision_topics(kafka_settings)
+    _promote(store, SHA_1, 1)
+    settings = FeedbackSettings(
+        token=TOKEN, user_hash_salt=SALT, auth_failure_burst=5, auth_failure_per_s=0.01, max_body_bytes=10**6
+    )
+    kafka = kafka_settings.model_copy(update={"max_text_bytes": 1000})
+    for running in _serve(settings, kafka, store):
+        with httpx.Client(base_url=running.url) as client:
+            guesses = [
+                client.post("/v1/feedback", json=_event(), headers={"Authorization": f"Bearer guess-{i}"})
+                for i in range(8)
+            ]
+            blocked = client.post("/v1/feedback", json=_event(), headers=AUTH)
+            metrics = client.get("/metrics").text
+    assert [r.status_code for r in guesses] == [403] * 5 + [429] * 3
+    assert (
+        guesses[-1].json()["error"] == "too_many_auth_failures"
+        and int(guesses[-1].headers["Retry-After"]) > 1
+    )
+    assert blocked.status_code == 429, "while an address is blocked, even the right token is not checked"
+    assert 'cutalign_feedback_requests_total{outcome="too_many_auth_failures"}' in metrics
+
+    settings = FeedbackSettings(token=TOKEN, user_hash_salt=SALT, max_body_bytes=10**6)
+    for running in _serve(settings, kafka, store):
+        too_large = httpx.post(f"{running.url}/v1/feedback", json=_event(response="9 " * 600), headers=AUTH)
+    assert (too_large.status_code, too_large.json()["error"]) == (422, "text_too_large")
+    assert "kafka.max_text_bytes=1000" in too_large.json()["detail"], "the builder's limit, checked first"
+
+
+# -- which policy versions feedback may name (issue 13, item 6) ----------------------------------------------
+
+
+def test_any_release_in_the_window_is_accepted_and_the_served_base_before_the_first(
+    store: ArtifactStore,
+) -> None:
+    base = hashlib.sha256(b"base").hexdigest()
+    served = common_pb2.PolicyVersion(model_id="base", checkpoint_sha256=base)  # what the server reports
+    settings = FeedbackSettings(release_window=3, policy_refresh_s=1e-9)
+    versions = KnownVersions(settings, store, served=lambda: served)
+    assert versions.lookup(base) == served, "before the first promotion: the served base model"
+
+    shas = [hashlib.sha256(f"release {i}".encode()).hexdigest() for i in range(1, 6)]
+    for i, sha in enumerate(shas, start=1):
+        _promote(store, sha, i)
+    accepted = [versions.lookup(sha) is not None for sha in shas]
+    assert accepted == [False, False, True, True, True], "the 3 most recent releases (a rollout's too)"
+    assert versions.lookup(base) is None, "once there are releases, the base is just an old version"
+    assert versions.lookup(shas[4]).iteration == 5, "the release's full version is recorded"
+
+    rollback(store, 1)
+    assert versions.lookup(shas[0]) is not None, "the release rolled back to is served, so accepted"

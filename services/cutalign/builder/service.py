@@ -286,11 +286,16 @@ class TargetBuilder:
         return full or time.monotonic() - self._oldest >= self.settings.shard_max_seconds
 
     def _flush(self) -> None:
-        """Publish every buffer as shards of the open iteration, then run the seal handshake on them."""
+        """Publish every buffer of a partition still assigned as shards of the open iteration, then run the
+        seal handshake on them."""
         if not self._buffers:
             return
         started = time.monotonic()
         iteration, size = self.open, self.settings.shard_max_examples
+        assert self._consumer is not None
+        lost = [tp for tp in self._buffers if not self._consumer.owns(*tp)]
+        if lost:  # revoked while this batch was worked on: the new owner builds them (see the module doc)
+            self.revoked(lost)
         chunks = [
             items[i : i + size]
             for _, items in sorted(self._buffers.items())

@@ -107,6 +107,7 @@ class TypedConsumer(Generic[M]):
         self._deadletters = TypedProducer(settings, service=f"{service}-deadletter")
         self._dead_lettered = 0
         self._paused = False
+        self._owned: set[tuple[str, int]] = set()
         self._consumer = Consumer(
             {
                 **client_config(settings, client_suffix=f"{service}-consumer"),
@@ -138,8 +139,14 @@ class TypedConsumer(Generic[M]):
         del self._deadletters  # drop the librdkafka handle now, not at GC time (it keeps reconnecting)
         self._consumer.close()
 
+    def owns(self, topic: str, partition: int) -> bool:
+        """Whether the partition is assigned to this consumer now (a work thread may ask: a revocation
+        arrives on the poll thread while it works)."""
+        return (topic, partition) in self._owned
+
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.assign(partitions)
+        self._owned = {(tp.topic, tp.partition) for tp in partitions}
         if not partitions:
             return
         if self._paused:  # handed over while a batch is in the works: hold them too
@@ -149,6 +156,7 @@ class TypedConsumer(Generic[M]):
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = [(tp.topic, tp.partition) for tp in partitions]
+        self._owned = self._owned - set(lost)
         if self.on_revoke is not None:
             self.on_revoke(lost)
         with self._pending_lock:

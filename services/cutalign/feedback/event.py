@@ -72,16 +72,6 @@ class FeedbackEvent(BaseModel):
             raise ValueError("must contain visible text, not only whitespace or invisible characters")
         return value
 
-    @field_validator("instruction", "input", "response", "feedback", "user_id")
-    @classmethod
-    def _encodable(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as e:  # a lone surrogate escape ("\\ud800") is not text
-                raise ValueError(f"is not valid Unicode text (character {e.start})") from e
-        return value
-
     @field_validator("event_id")
     @classmethod
     def _printable(cls, value: str | None) -> str | None:

@@ -18,7 +18,6 @@ from collections import deque
 from cutalign.bus import DeliveryError, TypedProducer
 from cutalign.v1 import messages_pb2
 
-
 # How long a request waits for the broker's acknowledgement before it is answered 503 (clients retry).
 FLUSH_TIMEOUT_S = 10.0
 
