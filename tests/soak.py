@@ -11,8 +11,7 @@ The stream (every input has an id, so every one can be accounted for at the end)
   feedback the API refuses (4xx: never in the stream);
 * faults: a SIGKILL of one service every ~35 s, each restarted after 0.5-3 s (as Kubernetes would), in
   rounds that kill every service once before any twice; one store restart and one broker restart (Tansu
-  persists into the store); the open
-  iteration sealed every ~2.5 min through a builder's ``POST /seal``.
+  persists into the store); the open iteration sealed every ~2.5 min through a builder's ``POST /seal``.
 
 At the end the open iteration is sealed and every sealed iteration read back (checksums verified). Printed:
 ``valid lost`` (a valid input in no sealed iteration), ``valid duplicated`` (a valid input trained on more

@@ -40,6 +40,8 @@ def id_problem(value: str, what: str = "id") -> str | None:
 
 def has_visible_text(text: str) -> bool:
     """True if ``text`` holds a character that is neither whitespace nor invisible (e.g. U+200B)."""
+    if text.isascii() and text.isprintable():  # the common case, in C: only spaces are invisible there
+        return not text.isspace() and bool(text)
     return any(not c.isspace() and unicodedata.category(c) not in _INVISIBLE_CATEGORIES for c in text)
 
 

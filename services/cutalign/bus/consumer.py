@@ -21,6 +21,7 @@ The contract every service relies on:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from typing import Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -240,7 +242,7 @@ class TypedConsumer(Generic[M]):
         except DecodeError as e:
             self._publish_dead_letter(raw, headers, DECODE_ERROR, f"not a valid {expected}: {e}")
             return None
-        conflict = wire_type_conflict(message)
+        conflict = wire_type_conflict(message) if _may_hold_unknown_fields(message, value) else None
         if conflict is not None:
             self._publish_dead_letter(raw, headers, DECODE_ERROR, f"not a valid {expected}: {conflict}")
             return None
@@ -369,23 +371,47 @@ class TypedConsumer(Generic[M]):
         return total
 
 
+def _may_hold_unknown_fields(message: ProtoMessage, value: bytes) -> bool:
+    """False when the bytes are exactly the known fields (the common case, decided in C): a copy without
+    unknown fields encodes to as many bytes. True also for a non-canonical encoding: then look closer."""
+    probe = type(message)()
+    probe.CopyFrom(message)
+    probe.DiscardUnknownFields()
+    return probe.ByteSize() != len(value)
+
+
 def wire_type_conflict(message: ProtoMessage, path: str = "") -> str | None:
     """A field ``message``'s type declares that arrived with another wire type (so the parser set it aside
     as unknown), described; None if the bytes fit the type. Nested messages are checked too."""
-    declared = message.DESCRIPTOR.fields_by_number
-    for unknown in UnknownFieldSet(message):
-        if unknown.field_number in declared:
-            name = declared[unknown.field_number].name
-            return f"field {path}{name} (number {unknown.field_number}) has wire type {unknown.wire_type}"
-    for descriptor, value in message.ListFields():
-        if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
+    descriptor = message.DESCRIPTOR
+    if UnknownFieldSet(message):
+        declared = descriptor.fields_by_number
+        for unknown in UnknownFieldSet(message):
+            if unknown.field_number in declared:
+                name = declared[unknown.field_number].name
+                return f"field {path}{name} (number {unknown.field_number}) has wire type {unknown.wire_type}"
+    for name, repeated in _nested_fields(descriptor):
+        if repeated:
+            items = list(getattr(message, name))
+        elif message.HasField(name):
+            items = [getattr(message, name)]
+        else:
             continue
-        items = value if descriptor.is_repeated else [value]
         for item in items:
-            conflict = wire_type_conflict(item, f"{path}{descriptor.name}.")
+            conflict = wire_type_conflict(item, f"{path}{name}.")
             if conflict is not None:
                 return conflict
     return None
+
+
+@functools.cache
+def _nested_fields(descriptor: Descriptor) -> tuple[tuple[str, bool], ...]:
+    """(name, repeated) of the message-typed fields of a message type (map entries aside)."""
+    return tuple(
+        (f.name, f.is_repeated)
+        for f in descriptor.fields
+        if f.message_type is not None and not f.message_type.GetOptions().map_entry
+    )
 
 
 def _where(raw: KafkaMessage) -> tuple[str, int, int]:

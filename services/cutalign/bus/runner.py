@@ -125,6 +125,15 @@ class ServiceRunner(Generic[M, R]):
         self.subscribed = subscribed or threading.Event()
         self._degraded = False
         self._revoked: list[tuple[str, int]] = []
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(self.transient),
+            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            # stopping: a few more tries within the grace period (at most a second apart), then give up
+            stop=lambda state: self.stop.is_set() and (state.seconds_since_start or 0) > SHUTDOWN_GRACE_S,
+            sleep=self._sleep,
+            before_sleep=self._degrade,
+            reraise=True,
+        )
         consumer.on_revoke = self._revoked.extend  # called on this (the poll) thread, inside poll
 
     @property
@@ -190,19 +199,13 @@ class ServiceRunner(Generic[M, R]):
 
     def _retry(self, fn: Callable[[], T]) -> T:
         """``fn()``, retried on transient errors with jittered backoff until it works or the runner stops."""
-        retrying = Retrying(
-            retry=retry_if_exception_type(self.transient),
-            wait=wait_exponential_jitter(initial=0.2, max=10.0),
-            # stopping: a few more tries within the grace period (at most a second apart), then give up
-            stop=lambda state: self.stop.is_set() and (state.seconds_since_start or 0) > SHUTDOWN_GRACE_S,
-            sleep=self._sleep,
-            before_sleep=self._degrade,
-            reraise=True,
-        )
         try:
-            result = retrying(fn)
-        except self.transient as e:
-            raise Abandoned(f"stopped while retrying: {type(e).__name__}: {e}") from e
+            result = fn()  # the common case, without the retry machinery (called for every message)
+        except self.transient:
+            try:
+                result = self._retrying(fn)
+            except self.transient as e:
+                raise Abandoned(f"stopped while retrying: {type(e).__name__}: {e}") from e
         if self._degraded:
             log.info("recovered; ready again", extra={"service": self.consumer.service})
             self._degraded = False
