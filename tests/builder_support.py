@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from cutalign.builder import RunStats, TargetBuilder
@@ -78,6 +79,17 @@ def running_builder(
         thread.join(60)
         if isinstance(outcome.get("error"), BaseException):
             raise outcome["error"]  # type: ignore[misc]
+
+
+def seal_http(builder: TargetBuilder, iteration: int) -> dict:
+    """``POST /seal?iteration=N`` on a running builder, with its admin token; the summary it answers."""
+    response = httpx.post(
+        f"http://127.0.0.1:{builder.http_port}/seal?iteration={iteration}",
+        headers={"Authorization": f"Bearer {builder.admin_token}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def committed(kafka: KafkaSettings, group_id: str) -> int:

@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import json_format
 
 from builder_support import judgment
-from cutalign.builder import Accepted, Rejection, Rules, process
+from cutalign.builder import Accepted, Rejection, Routed, Rules, process, route
 from cutalign.builder.seal import downsample
 from cutalign.builder.shards import decode_shard, encode_shard
 from cutalign.builder.validate import REASONS, apply_late_policy
@@ -16,7 +16,8 @@ from cutalign.builder.wire import LenientJudgment
 from cutalign.bus import Envelope
 from cutalign.v1 import common_pb2, messages_pb2, training_pb2
 
-RULES = Rules(open_iteration=3, first_iteration=1, max_text_bytes=1000)
+MAX_TEXT_BYTES = 1000
+RULES = Rules(open_iteration=3, first_iteration=2)
 
 
 def envelope(value: bytes, offset: int = 7) -> Envelope:
@@ -24,14 +25,22 @@ def envelope(value: bytes, offset: int = 7) -> Envelope:
     return Envelope(LenientJudgment.FromString(value), "key", "judgments", 1, offset, {}, value)
 
 
-def run(message: messages_pb2.Judgment, rules: Rules = RULES) -> Accepted | Rejection:
-    return process(envelope(message.SerializeToString()), rules)
+def run(message: messages_pb2.Judgment) -> Accepted | Rejection | Routed:
+    """Validated and routed against ``RULES``: the example (with its iteration set) or why not."""
+    outcome = process(envelope(message.SerializeToString()), MAX_TEXT_BYTES)
+    if isinstance(outcome, Rejection):
+        return outcome
+    routed = route(outcome.example.iteration, RULES)
+    if isinstance(routed, Rejection):
+        return routed
+    outcome.example.iteration = routed.iteration
+    return outcome
 
 
 def test_negative_becomes_align_n_misalign_with_everything_the_trainer_and_lineage_need() -> None:
     message = judgment(5, positive=False, iteration=3)
     outcome = run(message)
-    assert isinstance(outcome, Accepted) and outcome.late_from is None
+    assert isinstance(outcome, Accepted)
     ex = outcome.example
     assert ex.kind == training_pb2.ALIGN_N_MISALIGN
     assert (ex.sample_id, ex.instruction, ex.response) == ("p5#0", "Count from 5 to 8.", "5 6 7")
@@ -55,6 +64,15 @@ def test_iteration_falls_back_to_the_prompt_when_the_sample_has_none() -> None:
     message.sample.prompt.iteration = 3
     outcome = run(message)
     assert isinstance(outcome, Accepted) and outcome.example.iteration == 3
+
+
+def test_an_unassigned_judgment_goes_to_the_open_iteration() -> None:
+    """Production feedback is published with iteration 0: the builder puts it in the open iteration."""
+    message = judgment(5, positive=False, iteration=0)
+    message.sample.prompt.iteration = 0
+    accepted = process(envelope(message.SerializeToString()), MAX_TEXT_BYTES)
+    assert isinstance(accepted, Accepted) and accepted.example.iteration == 0
+    assert route(0, RULES) == Routed(3)
 
 
 def _broken(change: str) -> messages_pb2.Judgment:
@@ -85,8 +103,18 @@ def _broken(change: str) -> messages_pb2.Judgment:
         case "neg-future-iteration":
             message.sample.iteration = 4
         case "neg-before-first-iteration":
-            message.sample.iteration = 0
-            message.sample.prompt.iteration = 0
+            message.sample.iteration = 1
+            message.sample.prompt.iteration = 1
+        case "neg-invalid-id":
+            message.sample.id = "p5\x00#0"
+        case "neg-long-id":
+            message.sample.id = "p" * 300
+        case "neg-zero-width-response":
+            message.sample.response = "\u200b\u200b"
+        case "neg-zero-width-judgment":
+            message.text = "\u200b"
+        case "neg-empty-span-in-the-middle":
+            message.error_spans[0].start = message.error_spans[0].end = 1
     return message
 
 
@@ -106,6 +134,11 @@ def _broken(change: str) -> messages_pb2.Judgment:
         ("neg-bad-span", "bad_error_span"),
         ("neg-future-iteration", "unknown_iteration"),
         ("neg-before-first-iteration", "unknown_iteration"),
+        ("neg-invalid-id", "invalid_id"),
+        ("neg-long-id", "invalid_id"),
+        ("neg-zero-width-response", "empty_response"),
+        ("neg-zero-width-judgment", "empty_judgment"),
+        ("neg-empty-span-in-the-middle", "bad_error_span"),
     ],
 )
 def test_invalid_judgments_are_rejected_with_a_stable_reason(change: str, reason: str) -> None:
@@ -126,17 +159,18 @@ def test_invalid_utf8_is_its_own_reason_naming_the_field() -> None:
     broken = value.replace(b"Count from", b"Count \xff\xfeom")  # same length
     with pytest.raises(Exception, match="Error parsing"):
         messages_pb2.Judgment.FromString(broken)  # what the bus would have called a decode_error
-    outcome = process(envelope(broken), RULES)
+    outcome = process(envelope(broken), MAX_TEXT_BYTES)
     assert outcome == Rejection("invalid_utf8", "field sample.prompt.instruction is not valid UTF-8")
 
 
-def test_late_judgments_are_marked_and_the_policy_moves_or_rejects_them() -> None:
-    outcome = run(judgment(5, positive=False, iteration=2))
-    assert isinstance(outcome, Accepted)
-    assert outcome.late_from == 2 and outcome.example.iteration == 3
-    assert apply_late_policy(outcome, "next") is outcome
-    rejected = apply_late_policy(outcome, "deadletter")
+def test_late_judgments_are_marked_and_the_policy_moves_or_rejects_them_but_never_feedback() -> None:
+    routed = route(2, RULES)
+    assert routed == Routed(3, late_from=2)
+    judge_service, feedback = messages_pb2.JUDGE_SERVICE, messages_pb2.PRODUCTION_FEEDBACK
+    assert apply_late_policy(routed, judge_service, "next") is routed
+    rejected = apply_late_policy(routed, judge_service, "deadletter")
     assert isinstance(rejected, Rejection) and rejected.reason == "late_for_sealed_iteration"
+    assert apply_late_policy(routed, feedback, "deadletter") is routed, "feedback is never late"
 
 
 def test_reasons_are_distinct() -> None:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import pytest
 
-from builder_support import builder_settings, dead_letters, judgment, running_builder, wait_committed
+from builder_support import (
+    builder_settings,
+    dead_letters,
+    judgment,
+    running_builder,
+    seal_http,
+    wait_committed,
+)
 from cutalign.builder import read_sealed_examples, seal_iteration
 from cutalign.builder.shards import list_shard_manifests, read_shard
 from cutalign.bus import TypedProducer, provision_topics
 from cutalign.config import KafkaSettings, S3Settings
 from cutalign.store import ArtifactStore, layout
-from cutalign.v1 import training_pb2
+from cutalign.v1 import messages_pb2, training_pb2
 
 
 def _manifest(store: ArtifactStore, iteration: int) -> training_pb2.IterationManifest:
@@ -36,11 +42,6 @@ def _send(kafka: KafkaSettings, ids: range, iteration: int, producer: TypedProdu
         sender.flush()
 
 
-def _seal_http(port: int | None, iteration: int) -> None:
-    response = httpx.post(f"http://127.0.0.1:{port}/seal?iteration={iteration}", timeout=60)
-    assert response.status_code == 200, response.text
-
-
 @pytest.mark.parametrize("policy", ["next", "deadletter"])
 def test_late_judgments_move_to_the_open_iteration_or_are_dead_lettered(
     policy: str,
@@ -54,13 +55,13 @@ def test_late_judgments_move_to_the_open_iteration_or_are_dead_lettered(
     with running_builder(kafka_settings, s3_settings, settings, store) as builder:
         _send(kafka_settings, range(10), iteration=1)
         wait_committed(kafka_settings, unique_name, 10)
-        _seal_http(builder.http_port, 1)
+        seal_http(builder, 1)
         assert builder.open == 2
         _send(kafka_settings, range(100, 105), iteration=1)  # late for the sealed iteration 1
         _send(kafka_settings, range(3, 4), iteration=1)  # a re-sent judgment that iteration 1 holds
         _send(kafka_settings, range(200, 205), iteration=2)
         wait_committed(kafka_settings, unique_name, 10 + 5 + 1 + 5)
-        _seal_http(builder.http_port, 2)
+        seal_http(builder, 2)
         stats = builder.stats
     assert stats.duplicates == 1
     assert sorted(_ids(store, 1)) == sorted(f"p{i}#0" for i in range(10))
@@ -162,3 +163,33 @@ def test_iterations_seal_automatically(
             for e in read_shard(store, store.get_manifest(k, training_pb2.ShardManifest))]  # fmt: skip
     ids = _ids(store, 1) + rest
     assert sorted(ids) == sorted(f"p{i}#0" for i in range(30))
+
+
+def test_production_feedback_flows_into_whichever_iteration_is_open_and_is_never_late(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    """Feedback is published unassigned (iteration 0); a direct producer may still name a sealed one."""
+    provision_topics(kafka_settings)
+    settings = builder_settings(unique_name, late_policy="deadletter", align_p_ratio=10.0)
+
+    def feedback(ids: range, iteration: int = 0) -> None:
+        with TypedProducer(kafka_settings, service="test") as producer:
+            for i in ids:
+                message = judgment(i, positive=i % 2 == 0, iteration=iteration)
+                message.sample.prompt.iteration = iteration
+                message.source = messages_pb2.PRODUCTION_FEEDBACK
+                producer.send(kafka_settings.topic_judgments, message, f"p{i}#0")
+
+    with running_builder(kafka_settings, s3_settings, settings, store) as builder:
+        feedback(range(10))
+        wait_committed(kafka_settings, unique_name, 10)
+        seal_http(builder, 1)
+        feedback(range(10, 15))
+        feedback(range(15, 20), iteration=1)  # late for the sealed iteration 1: moves, despite the policy
+        wait_committed(kafka_settings, unique_name, 20)
+        seal_http(builder, 2)
+        stats = builder.stats
+    assert sorted(_ids(store, 1)) == sorted(f"p{i}#0" for i in range(10))
+    assert sorted(_ids(store, 2)) == sorted(f"p{i}#0" for i in range(10, 20))
+    assert {e.iteration for e in read_sealed_examples(store, _manifest(store, 2))} == {2}
+    assert stats.dead_lettered == 0 and not dead_letters(kafka_settings, idle_s=0.5)

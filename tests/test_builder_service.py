@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
 import httpx
+import pytest
 from confluent_kafka import Producer
 
 from builder_support import (
@@ -10,9 +15,10 @@ from builder_support import (
     dead_letters,
     judgment,
     running_builder,
+    seal_http,
     wait_committed,
 )
-from cutalign.builder import Accepted, Rules, process, read_sealed_examples
+from cutalign.builder import Accepted, process, read_sealed_examples
 from cutalign.builder.shards import write_shard
 from cutalign.builder.wire import LenientJudgment
 from cutalign.bus import TypedConsumer, TypedProducer, provision_topics
@@ -20,12 +26,6 @@ from cutalign.bus.config import client_config
 from cutalign.config import KafkaSettings, S3Settings
 from cutalign.store import ArtifactStore, layout
 from cutalign.v1 import training_pb2
-
-
-def _seal(port: int | None, iteration: int) -> dict:
-    response = httpx.post(f"http://127.0.0.1:{port}/seal?iteration={iteration}", timeout=60)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def _sealed_ids(store: ArtifactStore, iteration: int) -> list[str]:
@@ -64,7 +64,7 @@ def test_bad_input_is_dead_lettered_with_distinct_reasons_while_the_builder_keep
             for i in range(5):  # re-sent by their producer: no second example
                 producer.send(topic, judgment(i, positive=i % 2 == 0), key=f"p{i}#0")
         wait_committed(kafka_settings, unique_name, 10 + 5 + 10 + 5)
-        summary = _seal(builder.http_port, 1)
+        summary = seal_http(builder, 1)
         metrics = httpx.get(f"http://127.0.0.1:{builder.http_port}/metrics").text
         stats = builder.stats
 
@@ -103,7 +103,7 @@ def test_a_restarted_builder_does_not_duplicate_what_a_crashed_one_published(
         while seen < 60:
             for envelope in crashed.poll_batch(100, 0.5):
                 seen += 1
-                outcome = process(envelope, Rules(1, 1, 65536))
+                outcome = process(envelope, 65536)
                 assert isinstance(outcome, Accepted)
                 if envelope.offset < 12:
                     published.setdefault(envelope.partition, []).append(outcome.example)
@@ -114,7 +114,7 @@ def test_a_restarted_builder_does_not_duplicate_what_a_crashed_one_published(
     settings = builder_settings(unique_name, align_p_ratio=10.0)
     with running_builder(kafka_settings, s3_settings, settings, store) as builder:
         wait_committed(kafka_settings, unique_name, 60)
-        summary = _seal(builder.http_port, 1)
+        summary = seal_http(builder, 1)
         stats = builder.stats
     assert stats.duplicates == already and stats.examples == 60 - already
     assert summary["duplicates"] == 0  # the ledger kept them out of new shards altogether
@@ -148,21 +148,69 @@ def test_two_builders_hand_partitions_over_without_loss_or_duplicates(
             sent += send(range(300, 450))
         sent += send(range(450, 600))  # the second one has left: the first builds everything now
         wait_committed(kafka_settings, unique_name, sent)
-        summary = _seal(first.http_port, 1)
+        summary = seal_http(first, 1)
     assert first.stats.examples + second.stats.examples == 600
     assert summary["counts_before_downsampling"] == {"ALIGN_P": 200, "ALIGN_N_MISALIGN": 400}
     assert sorted(_sealed_ids(store, 1)) == sorted(f"p{i}#0" for i in range(600))
 
 
-def test_seal_endpoint_answers_errors_with_the_fix(
-    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+def test_seal_endpoint_needs_the_admin_token_and_answers_errors_with_the_fix(
+    kafka_settings: KafkaSettings,
+    s3_settings: S3Settings,
+    store: ArtifactStore,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     provision_topics(kafka_settings)
+    caplog.set_level(logging.INFO)
     with running_builder(kafka_settings, s3_settings, builder_settings(unique_name), store) as builder:
         base = f"http://127.0.0.1:{builder.http_port}"
-        assert httpx.post(f"{base}/seal").status_code == 400
-        empty = httpx.post(f"{base}/seal?iteration=1", timeout=30)
-        future = httpx.post(f"{base}/seal?iteration=5", timeout=30)
+        auth = {"Authorization": f"Bearer {builder.admin_token}"}
+        anonymous = httpx.post(f"{base}/seal?iteration=1")
+        wrong = httpx.post(f"{base}/seal?iteration=1", headers={"Authorization": "Bearer guess"})
+        bad = [
+            httpx.post(f"{base}/seal{query}", headers=auth) for query in ("", "?iteration=x", "?iteration=0")
+        ]
+        empty = httpx.post(f"{base}/seal?iteration=1", headers=auth, timeout=30)
+        future = httpx.post(f"{base}/seal?iteration=5", headers=auth, timeout=30)
         assert httpx.get(f"{base}/readyz").status_code == 200
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+    assert wrong.status_code == 403
+    assert [r.status_code for r in bad] == [400, 400, 400]
     assert empty.status_code == 409 and "no published shards" in empty.json()["error"]
     assert future.status_code == 409 and "not open yet" in future.json()["error"]
+    # no token configured: one was generated, and the log says only where it is
+    logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    assert builder.admin_token not in logged
+    [record] = [r for r in caplog.records if r.getMessage().startswith("admin token generated; see ")]
+    token_file = Path(record.getMessage().removeprefix("admin token generated; see "))
+    assert token_file.read_text().strip() == builder.admin_token
+    assert token_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_builder_joining_mid_stream_takes_partitions_over_exactly_once(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    """Scale-out: a second builder joins the group over four partitions while judgments stream in; the first
+    one's buffers of the partitions it loses are dropped and rebuilt by the new owner."""
+    kafka = kafka_settings.model_copy(update={"partitions": 4})
+    provision_topics(kafka)
+    settings = builder_settings(unique_name, align_p_ratio=10.0, shard_max_examples=25, shard_max_seconds=0.5)
+
+    def send(ids: range) -> None:
+        with TypedProducer(kafka, service="test") as producer:
+            for i in ids:
+                producer.send(kafka.topic_judgments, judgment(i, positive=i % 3 == 0), key=f"p{i}#0")
+
+    with running_builder(kafka, s3_settings, settings, store) as first:
+        send(range(200))
+        while first.stats.consumed < 100:
+            time.sleep(0.01)
+        with running_builder(kafka, s3_settings, settings, store) as second:
+            send(range(200, 500))
+            wait_committed(kafka, unique_name, 500, timeout_s=90)
+            assert second.stats.examples, "the joining builder built a share"
+        summary = seal_http(first, 1)
+    assert first.stats.examples + second.stats.examples == 500, "each judgment built once"
+    assert sorted(_sealed_ids(store, 1)) == sorted(f"p{i}#0" for i in range(500))
+    assert sum(summary["counts_before_downsampling"].values()) == 500

@@ -124,6 +124,7 @@ def test_one_online_iteration_runs_end_to_end_on_the_kfp_local_runner(
         )
         services.start("builder", lambda: builder.serve(services.stop))
         assert builder.ready.wait(30), "the target builder did not become ready"
+        monkeypatch.setenv("CUTALIGN_ITERATION_BUILDER_ADMIN_TOKEN", builder.admin_token)  # the seal step's
 
         outcomes = run_iterations(
             store,

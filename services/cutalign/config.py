@@ -52,13 +52,30 @@ class KafkaSettings(BaseSettings):
     replication_factor: int = Field(1, ge=1, description="Replication factor of each provisioned topic.")
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout.")
     heartbeat_interval_ms: int = Field(2000, ge=100, description="Consumer group heartbeat interval.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1000, description="A consumer that does not poll this long leaves its group."
+    )
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest message produced/fetched.")
+    max_text_bytes: int = Field(
+        64 * 1024,
+        ge=1,
+        description="Largest text field (instruction, input, response, judgment) produced or accepted.",
+    )
 
     @model_validator(mode="after")
-    def _check_heartbeat(self) -> KafkaSettings:
+    def _check_limits(self) -> KafkaSettings:
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError(
                 "kafka.heartbeat_interval_ms must be at most a third of kafka.session_timeout_ms"
+            )
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ValueError("kafka.max_poll_interval_ms must be at least kafka.session_timeout_ms")
+        # A judgment carries four text fields and the ids around them: every valid one must fit a message.
+        if 4 * self.max_text_bytes + 64 * 1024 > self.max_message_bytes:
+            raise ValueError(
+                f"kafka.max_text_bytes={self.max_text_bytes} is too large for kafka.max_message_bytes="
+                f"{self.max_message_bytes}: a judgment holds four text fields, so keep "
+                "4 x max_text_bytes + 64 KiB <= max_message_bytes"
             )
         return self
 
@@ -319,7 +336,10 @@ class BuilderSettings(BaseSettings):
     model_config = _section("BUILDER")
 
     iteration: int = Field(
-        1, ge=0, description="First iteration to build; judgments go to the lowest unsealed one from here on."
+        1,
+        ge=1,
+        description="First iteration to build; judgments go to the lowest unsealed one from here on "
+        "(those with iteration 0, e.g. production feedback, to that one too).",
     )
     shard_max_examples: int = Field(500, ge=1, description="Flush a shard at this many examples...")
     shard_max_seconds: float = Field(5.0, gt=0, description="...or after this many seconds.")
@@ -334,8 +354,11 @@ class BuilderSettings(BaseSettings):
     late_policy: Literal["next", "deadletter"] = Field(
         "deadletter", description="Judgments for sealed iterations."
     )
-    max_text_bytes: int = Field(64 * 1024, ge=1, description="Longer responses/judgments are dead-lettered.")
     http_port: int = Field(8090, ge=0, description="Health, metrics and the seal endpoint.")
+    http_host: str = Field("0.0.0.0", description="Address of the HTTP port (127.0.0.1 for local runs).")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of POST /seal (a Secret; unset: generated, in a 0600 file logged)."
+    )
     group_id: str = Field("cutalign-target-builder", description="Consumer group on the judgments topic.")
 
 
@@ -345,15 +368,25 @@ class FeedbackSettings(BaseSettings):
     model_config = _section("FEEDBACK")
 
     token: SecretStr | None = Field(None, description="Bearer token producers must send (from a Secret).")
+    client_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="More bearer tokens, by client name (from a Secret): each client has its own rate limit.",
+    )
     user_hash_salt: SecretStr = Field(SecretStr("change-me"), description="Salt for hashing user ids.")
-    rate_limit_per_s: float = Field(50.0, gt=0, description="Sustained requests per second per source.")
-    rate_limit_burst: int = Field(100, ge=1, description="Burst size per source.")
+    rate_limit_per_s: float = Field(50.0, gt=0, description="Sustained requests per second per client token.")
+    rate_limit_burst: int = Field(100, ge=1, description="Burst size per client token.")
+    auth_failure_per_s: float = Field(
+        0.2, gt=0, description="Failed authentications per second tolerated from one client address."
+    )
+    auth_failure_burst: int = Field(10, ge=1, description="Failed authentications in a row from one address.")
     max_body_bytes: int = Field(256 * 1024, ge=1, description="Larger requests get 413.")
     known_policy_versions: list[str] = Field(
         default_factory=list,
-        description="Accepted policy checkpoint hashes (empty: read the promoted policy).",
+        description="Policy checkpoint hashes accepted besides the recent releases (e.g. a base model).",
     )
-    iteration: int = Field(1, ge=0, description="Iteration that production feedback is assigned to.")
+    release_window: int = Field(
+        3, ge=1, description="Feedback on any of this many most recent policy releases is accepted."
+    )
     host: str = Field("0.0.0.0", description="Address the ingestion server binds.")
     port: int = Field(8092, ge=0, le=65535, description="Ingestion server port (API, health, metrics).")
     positive_rating_threshold: float = Field(
@@ -363,7 +396,7 @@ class FeedbackSettings(BaseSettings):
         False, description="Reject (422) feedback with neither a positive flag nor a rating."
     )
     policy_refresh_s: float = Field(
-        30.0, gt=0, description="How long the promoted policy version read from S3 is cached."
+        30.0, gt=0, description="How long the accepted policy versions read from S3 are cached."
     )
 
 
@@ -374,6 +407,9 @@ class IterationSettings(BaseSettings):
 
     builder_url: str | None = Field(
         None, description="Base URL of the running target builder (POST /seal); None: seal in this process."
+    )
+    builder_admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the builder's POST /seal (the builder's admin token, a Secret)."
     )
     policy_admin_url: str | None = Field(
         None, description="Base URL of the embedded policy server to hot-reload after promotion (None: none)."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -18,8 +19,9 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-# A POST endpoint a service adds (e.g. the builder's ``/seal``): query parameters in, (status, JSON body) out.
-PostRoute = Callable[[dict[str, str]], tuple[int, bytes]]
+# A POST endpoint a service adds (e.g. the builder's ``/seal``): query parameters and request headers in,
+# (status, JSON body, extra response headers) out.
+PostRoute = Callable[[dict[str, str], Mapping[str, str]], tuple[int, bytes, dict[str, str]]]
 
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -51,6 +53,19 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: a service's loop finishes what it has in hand and returns."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger(__name__).info("signal %d: finishing the batch in hand, then exiting", signum)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return stop
 
 
 class HealthServer:
@@ -87,11 +102,16 @@ class HealthServer:
                 if route is None:
                     self._reply(404, b"not found", "text/plain")
                     return
-                status, body = route({k: v[-1] for k, v in parse_qs(query).items()})
-                self._reply(status, body, "application/json")
+                params = {k: v[-1] for k, v in parse_qs(query).items()}
+                status, body, headers = route(params, {k.lower(): v for k, v in self.headers.items()})
+                self._reply(status, body, "application/json", headers)
 
-            def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            def _reply(
+                self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

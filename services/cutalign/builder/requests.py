@@ -2,6 +2,10 @@
 
 Why through the loop: only the loop may touch the buffers, and a seal requested on the builder should include
 what it has buffered — so the loop flushes, seals and answers, while the HTTP thread waits for the answer.
+
+The endpoint seals training data, so it always needs the builder's admin token (``Authorization: Bearer``;
+see ``cutalign.admin_token``): 401 without one, 403 for a wrong one — checked on the HTTP thread, before the
+loop hears of the request. A caller's mistake is a 4xx (400 for a missing or bad iteration), never a 500.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from cutalign.admin_token import bearer_matches
 from cutalign.store import ArtifactStore, layout
 from cutalign.v1 import training_pb2
 
@@ -44,21 +49,36 @@ def manifest_summary(store: ArtifactStore, manifest: training_pb2.IterationManif
     }
 
 
+def _answer(
+    status: int, body: dict[str, object], headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    return status, json.dumps(body).encode(), headers or {}
+
+
 class SealRequests:
-    def __init__(self) -> None:
+    def __init__(self, token: str) -> None:
+        self._token = token
         self._queue: queue.Queue[SealRequest] = queue.Queue()
 
-    def route(self, params: dict[str, str]) -> tuple[int, bytes]:
-        """``POST /seal?iteration=N`` (on the HTTP thread): queue the request, wait for the answer."""
-        try:
-            iteration = int(params["iteration"])
-        except (KeyError, ValueError):
-            return 400, json.dumps({"error": "use POST /seal?iteration=N with an integer N"}).encode()
-        request = SealRequest(iteration)
+    def route(self, params: dict[str, str], headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        """``POST /seal?iteration=N`` (on the HTTP thread): check the token, queue, wait for the answer."""
+        authorized = bearer_matches(headers.get("authorization"), self._token)
+        if authorized is None:
+            return _answer(
+                401,
+                {"error": "send 'Authorization: Bearer <builder admin token>'"},
+                {"WWW-Authenticate": 'Bearer realm="cutalign-builder"'},
+            )
+        if not authorized:
+            return _answer(403, {"error": "the bearer token is not this builder's admin token"})
+        raw = params.get("iteration", "")
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+            return _answer(400, {"error": f"use POST /seal?iteration=N with an integer N >= 1, got {raw!r}"})
+        request = SealRequest(int(raw))
         self._queue.put(request)
         if not request.done.wait(ANSWER_TIMEOUT_S):
-            return 504, json.dumps({"error": f"no answer within {ANSWER_TIMEOUT_S:.0f}s"}).encode()
-        return request.status, json.dumps(request.body).encode()
+            return _answer(504, {"error": f"no answer within {ANSWER_TIMEOUT_S:.0f}s"})
+        return _answer(request.status, request.body)
 
     def pending(self) -> Iterator[SealRequest]:
         """The requests waiting for an answer (builder loop)."""

@@ -1,9 +1,11 @@
 """The target builder: judgments in from Kafka, versioned CUT training shards out to S3, exactly-once effect.
 
-Kafka delivers at least once; the effect is exactly once because of three rules:
-1. **Commit after durable.** The consumer commits everything polled so far, so the builder commits only when
-   no example is buffered: after a whole poll batch has been processed and every buffer has been published as
-   a shard *and* its manifest. A crash before the commit redelivers those judgments.
+It runs on the service runner (``cutalign.bus.runner``) like the generator and the judge: its ``process`` is
+``validate.process`` (pure), and ``TargetBuilder`` is its sink, whose durability point is a shard write
+rather than a produce. Kafka delivers at least once; the effect is exactly once because of three rules:
+1. **Commit after durable.** The consumer commits everything polled so far, so the sink says "durable" only
+   when no example is buffered: every buffer has been published as a shard *and* its manifest. A crash before
+   the commit redelivers those judgments.
 2. **Deduplicate against the store.** A judgment whose sample id already has an example in a published shard
    of its iteration (see ``ledger``) is a duplicate and skipped — whether it was redelivered after a crash or
    re-sent by its producer. The ledger is rebuilt from the store at start-up and refreshed after a partition
@@ -18,29 +20,36 @@ rewritten by two builders) and could not be followed by a commit anyway, because
 revoked partitions' positions. Dropping costs only rework; the ledger is refreshed before the next batch so
 the shards the previous owner published count as seen.
 
-Sealing (see ``seal``): on ``POST /seal?iteration=N`` (buffers flushed first), when ``seal_count`` examples or
-``seal_deadline_s`` is reached, or by another process (``cutalign builder seal``). After a seal the builder
-moves on to the next iteration; a judgment for a sealed iteration is *late*: unless its sample is already in
-that iteration (a duplicate), ``late_policy`` moves it to the open iteration or dead-letters it with
-``late_for_sealed_iteration``. Nothing is silently dropped.
+Routing (see ``validate.route``): a judgment with iteration 0 (production feedback) goes to the open
+iteration, the lowest unsealed one. Sealing (see ``seal``): on ``POST /seal?iteration=N`` (with the admin
+token; buffers flushed first), when ``seal_count`` examples or ``seal_deadline_s`` is reached, or by another
+process (``cutalign builder seal``). After a seal the builder moves on to the next iteration; a judgment for a
+sealed iteration is *late*: unless its sample is already in that iteration (a duplicate), it moves to the open
+iteration — production feedback always, the judge service's per ``late_policy``, which may dead-letter it
+with ``late_for_sealed_iteration``. Nothing is silently dropped.
 
-SIGTERM: the batch in hand is processed, every buffer published, the offsets committed, then it exits.
+Store outages: every S3 call the builder makes is retried by the runner with backoff (the builder stays up,
+``/readyz`` says 503 meanwhile, nothing is committed until the shards are written); a seal requested during
+an outage is answered 503. SIGTERM: the batch in hand is processed, every buffer published, the offsets
+committed, then it exits (within the runner's grace period).
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from confluent_kafka import KafkaException
+import urllib3
 from google.protobuf.message import Message
+from minio.error import S3Error
 
+from cutalign.admin_token import admin_token
 from cutalign.builder import metrics
 from cutalign.builder.ledger import Ledger
 from cutalign.builder.requests import SealRequests, manifest_summary
@@ -49,15 +58,16 @@ from cutalign.builder.shards import write_shard
 from cutalign.builder.validate import (
     UNKNOWN_ITERATION,
     Accepted,
-    Rejection,
     Rules,
     apply_late_policy,
     process,
+    route,
 )
 from cutalign.builder.wire import LenientJudgment
 from cutalign.bus import Envelope, TypedConsumer
+from cutalign.bus.runner import Rejection, ServiceRunner
 from cutalign.config import BuilderSettings, KafkaSettings, S3Settings
-from cutalign.observability import HealthServer, configure_logging
+from cutalign.observability import HealthServer, configure_logging, stop_on_signals
 from cutalign.store import ArtifactStore, ChecksumMismatch
 from cutalign.v1 import training_pb2
 
@@ -65,8 +75,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "target-builder"
 POLL_MAX_MESSAGES = 1000
-LAG_EVERY_S = 15.0  # the bus reads fresh watermarks from the broker: a round trip per partition
 SHARD_WRITERS = 8  # shards of one flush go up concurrently (S3 latency, not CPU, bounds a flush)
+# The store restarting: retried with backoff by the runner, never a reason to exit.
+STORE_ERRORS = (S3Error, urllib3.exceptions.HTTPError)
 
 
 @dataclass
@@ -87,7 +98,10 @@ class RunStats:
 
 
 class TargetBuilder:
-    """One builder process: ``serve`` runs the loop (and the HTTP endpoints) until stopped."""
+    """One builder process: ``serve`` runs the service runner, with this builder as its sink, until stopped.
+
+    ``admin_token`` is the bearer token ``POST /seal`` requires (``builder.admin_token``, or generated).
+    """
 
     def __init__(
         self,
@@ -100,84 +114,76 @@ class TargetBuilder:
         self.kafka = kafka
         self.settings = settings
         self.store = store or ArtifactStore(s3)
-        self.store.ensure_bucket()
         self.ledger = Ledger(self.store)
-        self.open = open_iteration(self.store, settings.iteration)
+        self.open = settings.iteration  # until the store says which is open (``_ensure_open``)
         self.stats = RunStats()
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # subscribed (``/readyz`` also says whether a failure is retried)
         self.http_port: int | None = None
+        self.admin_token = admin_token(settings.admin_token, service=SERVICE)
+        self._opened = False
         self._buffers: dict[tuple[str, int], list[_Item]] = {}
         self._buffered_ids: set[str] = set()
         self._oldest: float | None = None
         self._needs_refresh = False
-        self._requests = SealRequests()
-        self._own_dead_letters = 0
-        self._bus_dead_letters = 0
+        self._future_checked = False
+        self._requests = SealRequests(self.admin_token)
         self._host = socket.gethostname()
         self._writers = ThreadPoolExecutor(SHARD_WRITERS, thread_name_prefix="shard-writer")
-        self.rules = Rules(self.open, settings.iteration, settings.max_text_bytes)
-        metrics.OPEN_ITERATION.set(self.open)
+        self._consumer: TypedConsumer[Message] | None = None
 
-    # -- the loop --------------------------------------------------------------------------------------------
+    # -- running -------------------------------------------------------------------------------------------
 
     def serve(self, stop_event: threading.Event) -> RunStats:
+        consumer: TypedConsumer[Message] = TypedConsumer(
+            self.kafka,
+            group_id=self.settings.group_id,
+            topics=[self.kafka.topic_judgments],
+            message_type=LenientJudgment,
+            service=SERVICE,
+            on_dead_letter=self._dead_lettered,
+        )
+        self._consumer = consumer
+        runner = ServiceRunner(
+            consumer,
+            self._process,
+            self,
+            stop_event=stop_event,
+            batch_size=POLL_MAX_MESSAGES,
+            poll_timeout_s=self._poll_timeout,
+            transient=STORE_ERRORS,
+            lag_gauge=metrics.LAG,
+            subscribed=self.ready,
+        )
         health = HealthServer(
             self.settings.http_port,
-            ready=lambda: self.ready.is_set() and not stop_event.is_set(),
+            ready=lambda: runner.ready,
+            host=self.settings.http_host,
             post_routes={"/seal": self._requests.route},
         ).start()
         self.http_port = health.port
-        log.info("target builder starting", extra={"open_iteration": self.open, "http_port": health.port,
-                                                   "topic": self.kafka.topic_judgments,
-                                                   "group": self.settings.group_id})  # fmt: skip
+        log.info(
+            "target builder starting",
+            extra={
+                "first_iteration": self.settings.iteration,
+                "http_port": health.port,
+                "topic": self.kafka.topic_judgments,
+                "group": self.settings.group_id,
+            },
+        )
         try:
-            with TypedConsumer(
-                self.kafka,
-                group_id=self.settings.group_id,
-                topics=[self.kafka.topic_judgments],
-                message_type=LenientJudgment,
-                service=SERVICE,
-                on_revoke=self._on_revoke,
-            ) as consumer:
-                self._loop(consumer, stop_event)
+            runner.run()
         finally:
-            self.ready.clear()
             health.stop()
             self._writers.shutdown()
             self._requests.refuse_all(503, "the builder stopped; retry on the new one")
         log.info("target builder stopped", extra=asdict(self.stats))
         return self.stats
 
-    def _loop(self, consumer: TypedConsumer[Message], stop_event: threading.Event) -> None:
-        self.ready.set()
-        next_lag = 0.0
-        while not stop_event.is_set():
-            batch = consumer.poll_batch(POLL_MAX_MESSAGES, self._poll_timeout())
-            self._count_bus_dead_letters(consumer)
-            if self._needs_refresh:
-                self.ledger.refresh(self.open)
-                self._needs_refresh = False
-            future_checked = False
-            for envelope in batch:
-                future_checked = self._take(consumer, envelope, future_checked)
-            metrics.BUFFERED.set(len(self._buffered_ids))
-            if self._flush_due():
-                self._flush(consumer)
-            self._serve_seal_requests(consumer)
-            self._maybe_auto_seal(consumer)
-            if not self._buffers:
-                consumer.commit()  # everything polled is durable: published, skipped or dead-lettered
-            if time.monotonic() >= next_lag:
-                self._update_lag(consumer)
-                next_lag = time.monotonic() + LAG_EVERY_S
-        self._flush(consumer)
-        consumer.commit()
-
-    def _update_lag(self, consumer: TypedConsumer[Message]) -> None:
-        try:
-            metrics.LAG.set(consumer.lag())
-        except KafkaException as e:  # a gauge is not worth stopping the builder for; the next try may work
-            log.warning("could not read the consumer lag", extra={"error": str(e)})
+    def _process(self, batch: list[Envelope[Message]]) -> list[Accepted | Rejection]:
+        self._future_checked = False
+        metrics.CONSUMED.inc(len(batch))
+        self.stats.consumed += len(batch)
+        return [process(envelope, self.kafka.max_text_bytes) for envelope in batch]
 
     def _poll_timeout(self) -> float:
         if self._oldest is None:
@@ -185,39 +191,46 @@ class TargetBuilder:
         remaining = self.settings.shard_max_seconds - (time.monotonic() - self._oldest)
         return min(1.0, max(0.01, remaining))
 
-    def _count_bus_dead_letters(self, consumer: TypedConsumer[Message]) -> None:
-        bus = consumer.dead_lettered - self._own_dead_letters
-        if bus > self._bus_dead_letters:
-            metrics.DEAD_LETTERED.labels("malformed").inc(bus - self._bus_dead_letters)
-            self.stats.dead_lettered += bus - self._bus_dead_letters
-            self._bus_dead_letters = bus
+    def _ensure_open(self) -> None:
+        """Read which iteration is open (once, at the first batch: retried while the store is down)."""
+        if self._opened:
+            return
+        self.store.ensure_bucket()
+        self.open = open_iteration(self.store, self.settings.iteration)
+        metrics.OPEN_ITERATION.set(self.open)
+        self._opened = True
+        log.info("building iteration %d", self.open)
 
-    # -- one judgment ----------------------------------------------------------------------------------------
+    def _rules(self) -> Rules:
+        return Rules(self.open, self.settings.iteration)
 
-    def _take(
-        self, consumer: TypedConsumer[Message], envelope: Envelope[Message], future_checked: bool
-    ) -> bool:
-        """Process one judgment; returns whether this batch already re-checked the open iteration's seal."""
-        metrics.CONSUMED.inc()
-        self.stats.consumed += 1
-        outcome = process(envelope, self.rules)
-        if isinstance(outcome, Rejection) and outcome.reason == UNKNOWN_ITERATION and not future_checked:
+    # -- the sink: one judgment ------------------------------------------------------------------------------
+
+    def put(self, envelope: Envelope[Any], output: Accepted) -> Rejection | None:
+        """Route, deduplicate and buffer one valid judgment (or say why not)."""
+        self._ensure_open()
+        if self._needs_refresh:
+            self.ledger.refresh(self.open)
+            self._needs_refresh = False
+        example = output.example
+        routed = route(example.iteration, self._rules())
+        if isinstance(routed, Rejection) and routed.reason == UNKNOWN_ITERATION and not self._future_checked:
             # A judgment for a later iteration: maybe the open one was sealed by another process meanwhile.
-            future_checked = True
-            if self._advance_if_sealed(consumer):
-                outcome = process(envelope, self.rules)
-        if isinstance(outcome, Accepted) and outcome.late_from is not None:
-            if outcome.example.sample_id in self.ledger.sealed_ids(outcome.late_from):
-                self._duplicate(outcome.example)
-                return future_checked
-            outcome = apply_late_policy(outcome, self.settings.late_policy)
-            if isinstance(outcome, Accepted):
-                self._late_moved()
-        if isinstance(outcome, Rejection):
-            self._dead_letter(consumer, envelope, outcome)
-        else:
-            self._buffer(_Item(envelope, outcome.example))
-        return future_checked
+            self._future_checked = True
+            if self._advance_if_sealed():
+                routed = route(example.iteration, self._rules())
+        if isinstance(routed, Rejection):
+            return routed
+        if routed.late_from is not None:
+            if example.sample_id in self.ledger.sealed_ids(routed.late_from):
+                self._duplicate(example)
+                return None
+            moved = apply_late_policy(routed, example.source, self.settings.late_policy)
+            if isinstance(moved, Rejection):
+                return moved
+            self._late_moved()
+        self._buffer(_Item(envelope, _in_iteration(example, routed.iteration)))
+        return None
 
     def _buffer(self, item: _Item) -> None:
         sample_id = item.example.sample_id
@@ -229,6 +242,7 @@ class TargetBuilder:
         self._buffered_ids.add(sample_id)
         if self._oldest is None:
             self._oldest = time.monotonic()
+        metrics.BUFFERED.set(len(self._buffered_ids))
 
     def _late_moved(self) -> None:
         metrics.LATE_MOVED.inc()
@@ -239,15 +253,11 @@ class TargetBuilder:
         self.stats.duplicates += 1
         log.debug("duplicate judgment skipped", extra={"sample_id": example.sample_id})
 
-    def _dead_letter(
-        self, consumer: TypedConsumer[Message], envelope: Envelope[Message], why: Rejection
-    ) -> None:
-        consumer.dead_letter(envelope, why.reason, why.detail)
-        self._own_dead_letters += 1
+    def _dead_lettered(self, reason: str) -> None:
         self.stats.dead_lettered += 1
-        metrics.DEAD_LETTERED.labels(why.reason).inc()
+        metrics.DEAD_LETTERED.labels(reason).inc()
 
-    def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
+    def revoked(self, partitions: list[tuple[str, int]]) -> None:
         """Drop what revoked partitions buffered (see the module docstring for why not flush)."""
         dropped = sum(len(self._buffers.pop(tp, [])) for tp in partitions)
         self._buffered_ids = {i.example.sample_id for items in self._buffers.values() for i in items}
@@ -257,7 +267,17 @@ class TargetBuilder:
         metrics.BUFFERED.set(len(self._buffered_ids))
         log.info("partitions revoked", extra={"partitions": partitions, "dropped_examples": dropped})
 
-    # -- publishing ------------------------------------------------------------------------------------------
+    # -- the sink: durability --------------------------------------------------------------------------------
+
+    def durable(self, final: bool) -> bool:
+        """Publish due (or, at the end, all) buffers, serve seal requests and automatic seals; True when
+        nothing is buffered, i.e. everything put so far is durable."""
+        self._ensure_open()
+        if final or self._flush_due():
+            self._flush()
+        self._serve_seal_requests()
+        self._maybe_auto_seal()
+        return not self._buffers
 
     def _flush_due(self) -> bool:
         if not self._buffers or self._oldest is None:
@@ -265,12 +285,17 @@ class TargetBuilder:
         full = any(len(items) >= self.settings.shard_max_examples for items in self._buffers.values())
         return full or time.monotonic() - self._oldest >= self.settings.shard_max_seconds
 
-    def _flush(self, consumer: TypedConsumer[Message]) -> None:
-        """Publish every buffer as shards of the open iteration, then run the seal handshake on them."""
+    def _flush(self) -> None:
+        """Publish every buffer of a partition still assigned as shards of the open iteration, then run the
+        seal handshake on them."""
         if not self._buffers:
             return
         started = time.monotonic()
         iteration, size = self.open, self.settings.shard_max_examples
+        assert self._consumer is not None
+        lost = [tp for tp in self._buffers if not self._consumer.owns(*tp)]
+        if lost:  # revoked while this batch was worked on: the new owner builds them (see the module doc)
+            self.revoked(lost)
         chunks = [
             items[i : i + size]
             for _, items in sorted(self._buffers.items())
@@ -307,53 +332,51 @@ class TargetBuilder:
             )
         if sealed is not None:
             self._advance(sealed)
-            self._relocate_late(consumer, late, iteration)
+            self._relocate_late(late, iteration)
 
     def _count_examples(self, chunk: list[_Item]) -> None:
         for kind, n in Counter(item.example.kind for item in chunk).items():
             metrics.EXAMPLES.labels(training_pb2.ExampleKind.Name(kind)).inc(n)
         self.stats.examples += len(chunk)
 
-    def _relocate_late(
-        self, consumer: TypedConsumer[Message], late: list[_Item], sealed_iteration: int
-    ) -> None:
+    def _relocate_late(self, late: list[_Item], sealed_iteration: int) -> None:
         for item in late:
-            moved = apply_late_policy(
-                Accepted(item.example, late_from=sealed_iteration), self.settings.late_policy
+            routed = route(sealed_iteration, self._rules())
+            moved = (
+                routed
+                if isinstance(routed, Rejection)
+                else apply_late_policy(routed, item.example.source, self.settings.late_policy)
             )
             if isinstance(moved, Rejection):
-                self._dead_letter(consumer, item.envelope, moved)
+                assert self._consumer is not None
+                self._consumer.dead_letter(item.envelope, moved.reason, moved.detail)
             else:
                 self._late_moved()
-                example = training_pb2.TrainingExample()
-                example.CopyFrom(item.example)
-                example.iteration = self.open
-                self._buffer(_Item(item.envelope, example))
-        self._flush(consumer)
+                self._buffer(_Item(item.envelope, _in_iteration(item.example, self.open)))
+        self._flush()
 
     # -- sealing ---------------------------------------------------------------------------------------------
 
     def _advance(self, sealed: training_pb2.IterationManifest) -> None:
         self.ledger.sealed(sealed.iteration, sealed)
         self.open = open_iteration(self.store, sealed.iteration + 1)
-        self.rules = Rules(self.open, self.settings.iteration, self.settings.max_text_bytes)
         metrics.OPEN_ITERATION.set(self.open)
         log.info("iteration sealed; building the next", extra={"sealed": sealed.iteration, "open": self.open})
 
-    def _advance_if_sealed(self, consumer: TypedConsumer[Message]) -> bool:
+    def _advance_if_sealed(self) -> bool:
         before = self.open
         if self._buffers:
-            self._flush(consumer)  # its handshake advances past a sealed iteration
+            self._flush()  # its handshake advances past a sealed iteration
         else:
             sealed = complete_seal(self.store, self.open)
             if sealed is not None:
                 self._advance(sealed)
         return self.open != before
 
-    def _seal_open(self, consumer: TypedConsumer[Message], trigger: str) -> training_pb2.IterationManifest:
+    def _seal_open(self, trigger: str) -> training_pb2.IterationManifest:
         """Flush, then seal the open iteration (or get its manifest if another process sealed it)."""
         iteration = self.open
-        self._flush(consumer)
+        self._flush()
         manifest = seal_iteration(self.store, self.settings, iteration, sealed_by=f"{trigger}@{self._host}")
         metrics.SEALS.labels(trigger).inc()
         self.stats.seals += 1
@@ -361,32 +384,43 @@ class TargetBuilder:
             self._advance(manifest)
         return manifest
 
-    def _maybe_auto_seal(self, consumer: TypedConsumer[Message]) -> None:
+    def _maybe_auto_seal(self) -> None:
         count, deadline = self.settings.seal_count, self.settings.seal_deadline_s
         if count is not None and len(self.ledger.ids(self.open)) + len(self._buffered_ids) >= count:
-            self._seal_open(consumer, "auto:count")
+            self._seal_open("auto:count")
             return
         first_ms = self.ledger.first_shard_ms(self.open)
         if deadline is not None and first_ms is not None and time.time() * 1000 - first_ms >= deadline * 1000:
-            self._seal_open(consumer, "auto:deadline")
+            self._seal_open("auto:deadline")
 
-    def _serve_seal_requests(self, consumer: TypedConsumer[Message]) -> None:
+    def _serve_seal_requests(self) -> None:
         for request in self._requests.pending():
             try:
                 if request.iteration > self.open:
-                    request.answer(409, {"error": f"iteration {request.iteration} is not open yet: "
-                                                  f"this builder builds iteration {self.open}"})  # fmt: skip
+                    error = f"iteration {request.iteration} is not open yet: this builder builds {self.open}"
+                    request.answer(409, {"error": error})
                     continue
                 if request.iteration == self.open:
-                    manifest = self._seal_open(consumer, "http")
+                    manifest = self._seal_open("http")
                 else:  # already sealed: the same answer again (idempotent)
                     manifest = seal_iteration(self.store, self.settings, request.iteration, sealed_by="http")
                 request.answer(200, manifest_summary(self.store, manifest))
             except (EmptyIteration, ChecksumMismatch) as e:
                 request.answer(409, {"error": str(e)})
-            except Exception as e:
+            except STORE_ERRORS as e:
+                request.answer(503, {"error": f"the store is unavailable ({type(e).__name__}); retry"})
+            except Exception as e:  # a bug or a shard conflict: say so, then stop the builder
                 request.answer(500, {"error": f"{type(e).__name__}: {e}"})
                 raise
+
+
+def _in_iteration(example: training_pb2.TrainingExample, iteration: int) -> training_pb2.TrainingExample:
+    if example.iteration == iteration:
+        return example
+    moved = training_pb2.TrainingExample()
+    moved.CopyFrom(example)
+    moved.iteration = iteration
+    return moved
 
 
 def run(
@@ -404,10 +438,7 @@ def run(
 def main() -> None:
     """Run the service from ``CUTALIGN_*`` settings until SIGTERM/SIGINT."""
     configure_logging(SERVICE)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    run(KafkaSettings(), S3Settings(), BuilderSettings(), stop_event=stop)  # type: ignore[call-arg]
+    run(KafkaSettings(), S3Settings(), BuilderSettings(), stop_event=stop_on_signals())  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":

@@ -1,15 +1,25 @@
 """Turning one judgment message into a CUT training example, or a rejection with a stable reason.
 
-``process`` is pure (no I/O, no state beyond the ``Rules`` it is given) so every rejection path is unit-tested
-without a broker. Deduplication is *not* here: it needs the durable state of the store (see ``ledger``).
+Two pure steps (no I/O), so every rejection path is unit-tested without a broker:
+
+* ``process(envelope, max_text_bytes)`` validates a judgment and converts it into a ``TrainingExample`` of the
+  iteration it was judged for (0: *unassigned*, as production feedback is published);
+* ``route(iteration, source, rules, late_policy)`` decides which iteration the example goes to, given what
+  the builder has open: an unassigned judgment goes to the open iteration; one for a sealed iteration is
+  *late* and moves to the open one (production feedback always: nothing users say is dead-lettered because an
+  iteration was sealed; judge-service judgments per ``builder.late_policy``).
+
+Deduplication is *not* here: it needs the durable state of the store (see ``ledger``).
 
 A rejection reason is a stable, machine-readable code that ends up in ``DeadLetter.reason`` and in the
 ``cutalign_builder_dead_lettered_total{reason}`` metric; alerting and replay tooling key on it, so never
-rename one. The bus itself adds ``decode_error``, ``wrong_schema`` and ``unknown_schema_version`` for
-messages that never decode.
+rename one. The bus itself adds ``missing_schema``, ``decode_error``, ``wrong_schema`` and
+``unknown_schema_version`` for messages that never decode.
 
-Judgment-text rules are shared with the trainer's loader (``cutalign.cut.examples``): anything the loader
-would reject as a failed judge call is rejected here first, so it never reaches a shard.
+Content rules (ids, visible text, spans, sizes) are ``cutalign.checks``, the same the judge, the generator and
+the feedback API apply before producing; judgment-text rules are shared with the trainer's loader
+(``cutalign.cut.examples``): anything the loader would reject is rejected here first, so it never reaches a
+shard.
 """
 
 from __future__ import annotations
@@ -21,12 +31,15 @@ from google.protobuf.message import DecodeError, Message
 
 from cutalign.builder.wire import invalid_utf8_field
 from cutalign.bus import Envelope
-from cutalign.cut.examples import judgment_problem, span_problem
+from cutalign.bus.runner import Rejection
+from cutalign.checks import has_visible_text, id_problem, oversize_field, span_problem
+from cutalign.cut.examples import judgment_problem
 from cutalign.v1 import messages_pb2, training_pb2
 
 INVALID_UTF8 = "invalid_utf8"
 DECODE_ERROR = "decode_error"
 MISSING_SAMPLE_ID = "missing_sample_id"
+INVALID_ID = "invalid_id"
 MISSING_INSTRUCTION = "missing_instruction"
 EMPTY_RESPONSE = "empty_response"
 EMPTY_JUDGMENT = "empty_judgment"
@@ -38,44 +51,54 @@ UNKNOWN_ITERATION = "unknown_iteration"
 LATE_FOR_SEALED_ITERATION = "late_for_sealed_iteration"
 
 REASONS = (
-    INVALID_UTF8, DECODE_ERROR, MISSING_SAMPLE_ID, MISSING_INSTRUCTION, EMPTY_RESPONSE, EMPTY_JUDGMENT,
-    ERROR_JUDGMENT, OVERSIZE_TEXT, UNKNOWN_POLARITY, BAD_ERROR_SPAN, UNKNOWN_ITERATION,
+    INVALID_UTF8,
+    DECODE_ERROR,
+    MISSING_SAMPLE_ID,
+    INVALID_ID,
+    MISSING_INSTRUCTION,
+    EMPTY_RESPONSE,
+    EMPTY_JUDGMENT,
+    ERROR_JUDGMENT,
+    OVERSIZE_TEXT,
+    UNKNOWN_POLARITY,
+    BAD_ERROR_SPAN,
+    UNKNOWN_ITERATION,
     LATE_FOR_SEALED_ITERATION,
-)  # fmt: skip
+)
 
 LatePolicy = Literal["next", "deadletter"]
 
 
+UNASSIGNED = 0  # the iteration of a judgment that leaves it to the builder (production feedback)
+
+
 @dataclass(frozen=True)
 class Rules:
-    """What the builder accepts right now.
+    """What the builder has open right now.
 
     Iterations ``first_iteration <= i < open_iteration`` are sealed (the open iteration is the lowest unsealed
     one at or above ``first_iteration``); a judgment for one of them is *late*. Any other iteration than the
-    open one is unknown to this builder.
+    open one (or ``UNASSIGNED``) is unknown to this builder.
     """
 
     open_iteration: int
     first_iteration: int
-    max_text_bytes: int
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """A valid judgment as a training example for ``example.iteration``.
-
-    ``late_from`` is the sealed iteration it was judged for when it arrived late (``example.iteration`` is
-    then the open iteration); the caller checks it against that iteration's data, then applies the policy.
-    """
+    """A valid judgment as a training example; ``example.iteration`` is the one it was judged for."""
 
     example: training_pb2.TrainingExample
-    late_from: int | None = None
 
 
 @dataclass(frozen=True)
-class Rejection:
-    reason: str
-    detail: str
+class Routed:
+    """Where an example goes: ``iteration``; ``late_from`` is the sealed iteration it was judged for when it
+    arrived late (the caller checks it against that iteration's data first)."""
+
+    iteration: int
+    late_from: int | None = None
 
 
 def judged_iteration(sample: messages_pb2.Sample) -> int:
@@ -97,25 +120,26 @@ def _decode(envelope: Envelope[Message]) -> messages_pb2.Judgment | Rejection:
 
 def _text_problem(judgment: messages_pb2.Judgment, max_text_bytes: int) -> Rejection | None:
     sample = judgment.sample
-    for name, text in (
+    fields = (
         ("sample.response", sample.response),
         ("text", judgment.text),
         ("sample.prompt.instruction", sample.prompt.instruction),
         ("sample.prompt.input", sample.prompt.input),
-    ):
-        size = len(text.encode("utf-8"))
-        if size > max_text_bytes:
-            return Rejection(
-                OVERSIZE_TEXT, f"{name} is {size} bytes, over builder.max_text_bytes={max_text_bytes}"
-            )
+    )
+    oversize = oversize_field(fields, max_text_bytes)
+    if oversize is not None:
+        return Rejection(OVERSIZE_TEXT, oversize)
     if not sample.id.strip():
         return Rejection(
             MISSING_SAMPLE_ID, "judgment.sample.id is empty: the judgment cannot be deduplicated"
         )
-    if not sample.prompt.instruction.strip():
+    bad_id = id_problem(sample.id, "judgment.sample.id")
+    if bad_id is not None:
+        return Rejection(INVALID_ID, bad_id)
+    if not has_visible_text(sample.prompt.instruction):
         return Rejection(MISSING_INSTRUCTION, "judgment.sample.prompt.instruction is empty")
-    if not sample.response.strip():
-        return Rejection(EMPTY_RESPONSE, "judgment.sample.response is empty")
+    if not has_visible_text(sample.response):
+        return Rejection(EMPTY_RESPONSE, "judgment.sample.response has no visible text")
     return None
 
 
@@ -123,25 +147,26 @@ def _judgment_problem(judgment: messages_pb2.Judgment) -> Rejection | None:
     text = judgment.text
     if judgment.polarity not in (messages_pb2.POSITIVE, messages_pb2.NEGATIVE):
         return Rejection(UNKNOWN_POLARITY, f"polarity {judgment.polarity} is neither POSITIVE nor NEGATIVE")
-    if judgment.polarity == messages_pb2.NEGATIVE and not text.strip():
+    if judgment.polarity == messages_pb2.NEGATIVE and not has_visible_text(text):
         return Rejection(EMPTY_JUDGMENT, "a negative judgment without text cannot condition Align-N")
     problem = (
         judgment_problem(text) if text.strip() else None
     )  # an empty positive is the reference convention
     if problem is not None:
         return Rejection(ERROR_JUDGMENT, problem)
-    spans = tuple((s.start, s.end) for s in judgment.error_spans)
-    span = span_problem(spans, judgment.sample.response)
+    span = span_problem(((s.start, s.end) for s in judgment.error_spans), judgment.sample.response)
     if span is not None:
         return Rejection(BAD_ERROR_SPAN, span)
     return None
 
 
-def _route(iteration: int, rules: Rules) -> tuple[int, int | None] | Rejection:
-    if iteration == rules.open_iteration:
-        return iteration, None
+def route(iteration: int, rules: Rules) -> Routed | Rejection:
+    """The iteration an example judged for ``iteration`` goes to: an unassigned one to the open iteration, a
+    late one too (marked ``late_from``: see ``apply_late_policy``); any other is unknown here."""
+    if iteration in (UNASSIGNED, rules.open_iteration):
+        return Routed(rules.open_iteration)
     if rules.first_iteration <= iteration < rules.open_iteration:
-        return rules.open_iteration, iteration
+        return Routed(rules.open_iteration, late_from=iteration)
     return Rejection(
         UNKNOWN_ITERATION,
         f"judged for iteration {iteration}; this builder has iteration {rules.open_iteration} open and seals "
@@ -170,26 +195,23 @@ def to_example(
     )
 
 
-def process(envelope: Envelope[Message], rules: Rules) -> Accepted | Rejection:
-    """Validate and classify one judgment message (decoded leniently by the bus, see ``wire``)."""
+def apply_late_policy(routed: Routed, source: int, policy: LatePolicy) -> Routed | Rejection:
+    """A late judgment (not already in its sealed iteration) moves to the open one, or is dead-lettered when
+    ``builder.late_policy`` says so — never production feedback, which belongs to no iteration."""
+    if routed.late_from is None or policy == "next" or source == messages_pb2.PRODUCTION_FEEDBACK:
+        return routed
+    return Rejection(
+        LATE_FOR_SEALED_ITERATION,
+        f"judged for iteration {routed.late_from}, which is sealed (builder.late_policy=deadletter)",
+    )
+
+
+def process(envelope: Envelope[Message], max_text_bytes: int) -> Accepted | Rejection:
+    """Validate and convert one judgment message (decoded leniently by the bus, see ``wire``)."""
     judgment = _decode(envelope)
     if isinstance(judgment, Rejection):
         return judgment
-    problem = _text_problem(judgment, rules.max_text_bytes) or _judgment_problem(judgment)
+    problem = _text_problem(judgment, max_text_bytes) or _judgment_problem(judgment)
     if problem is not None:
         return problem
-    routed = _route(judged_iteration(judgment.sample), rules)
-    if isinstance(routed, Rejection):
-        return routed
-    iteration, late_from = routed
-    return Accepted(to_example(judgment, iteration, envelope), late_from)
-
-
-def apply_late_policy(accepted: Accepted, policy: LatePolicy) -> Accepted | Rejection:
-    """A late judgment not already in its sealed iteration moves to the open one or is dead-lettered."""
-    if accepted.late_from is None or policy == "next":
-        return accepted
-    return Rejection(
-        LATE_FOR_SEALED_ITERATION,
-        f"judged for iteration {accepted.late_from}, which is sealed (builder.late_policy=deadletter)",
-    )
+    return Accepted(to_example(judgment, judged_iteration(judgment.sample), envelope))

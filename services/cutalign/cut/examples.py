@@ -28,6 +28,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from cutalign.checks import span_problem
 from cutalign.cut.location import resolve
 from cutalign.errors import UserError
 from cutalign.store import ArtifactStore
@@ -98,19 +99,6 @@ def judgment_problem(judgment: str) -> str | None:
 def is_positive_judgment(judgment: str | None) -> bool:
     """Positive iff empty (the reference data's convention) or starting with "Perfect" (judge prompt's)."""
     return not judgment or not judgment.strip() or judgment.strip().lower().startswith("perfect")
-
-
-def span_problem(spans: tuple[tuple[int, int], ...], response: str) -> str | None:
-    """None if every span is a non-empty range of the response, or the empty span at its very end.
-
-    The empty end span ``[len, len)`` is how a judge blames the *end* of a response ("the count stops at 49,
-    but it should continue to 52"): the token it blames is EOS.
-    """
-    n = len(response)
-    for start, end in spans:
-        if not (0 <= start < end <= n or start == end == n):
-            return f"error span [{start}, {end}) is outside the response (length {n})"
-    return None
 
 
 def load_examples(data: str, store: ArtifactStore | None = None) -> LoadedExamples:

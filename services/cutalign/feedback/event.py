@@ -14,7 +14,15 @@ does not train on ``POLARITY_UNSPECIFIED`` (it dead-letters it, reason ``unknown
 reviewed and replayed), and products that want their unflagged feedback used send a flag or a rating.
 
 A negative event must say in words what is wrong (CUT conditions the response on that text), so a negative
-with empty ``feedback`` is refused. A flag that contradicts the rating is refused too.
+with empty ``feedback`` is refused. A flag that contradicts the rating is refused too. "Empty" means no
+*visible* character (``cutalign.checks``): a response of zero-width spaces is empty, as the builder sees it.
+
+Idempotency: the sample id (the judgment's key, by which the builder keeps one judgment) derives from the
+authenticated client and ``event_id``, else the request's ``Idempotency-Key`` header, else the event's
+content — never from the time of receipt, so a retry of the same request is always the same judgment.
+
+Iteration: the judgment is published with iteration 0 (unassigned); the target builder puts it in the
+iteration open when it arrives, so feedback flows into every iteration without reconfiguring anything.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cutalign.checks import MAX_ID_CHARS, has_visible_text, id_problem
 from cutalign.v1 import common_pb2, messages_pb2
 
 SOURCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -46,21 +55,29 @@ class FeedbackEvent(BaseModel):
     rating: float | None = Field(
         None, allow_inf_nan=False, description="A rating (e.g. 1-5 stars); compared with the threshold."
     )
-    source: str = Field(pattern=SOURCE_PATTERN, description="Which product sent it; rate-limited per source.")
+    source: str = Field(pattern=SOURCE_PATTERN, description="Which product (or part of one) sent it.")
     timestamp: datetime | None = Field(None, description="When it was given (RFC 3339); default: receipt.")
     policy_version: str = Field(pattern=SHA256_PATTERN, description="sha256 of the policy that answered.")
     user_id: str | None = Field(None, repr=False, description="Hashed with a secret salt, never stored raw.")
     event_id: str | None = Field(
         None,
-        max_length=200,
+        max_length=MAX_ID_CHARS,
         description="The product's id of the event: a retry with it is the same judgment.",
     )
 
     @field_validator("instruction", "response")
     @classmethod
     def _has_text(cls, value: str) -> str:
-        if not value.strip():  # the builder could not train on it (missing_instruction / empty_response)
-            raise ValueError("must contain text, not only whitespace")
+        if not has_visible_text(value):  # the builder could not train on it (missing_instruction, ...)
+            raise ValueError("must contain visible text, not only whitespace or invisible characters")
+        return value
+
+    @field_validator("event_id")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        problem = id_problem(value, "event_id") if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -81,7 +98,7 @@ def resolve_polarity(event: FeedbackEvent, threshold: float, *, require: bool) -
         if require:
             raise EventRejected("send 'positive' or 'rating': this endpoint requires a polarity")
         return messages_pb2.POLARITY_UNSPECIFIED
-    if not verdict and not event.feedback.strip():
+    if not verdict and not has_visible_text(event.feedback):
         raise EventRejected("a negative feedback needs 'feedback' text that says what is wrong")
     return messages_pb2.POSITIVE if verdict else messages_pb2.NEGATIVE
 
@@ -91,12 +108,15 @@ def hash_user(user_id: str, salt: str) -> str:
     return hmac.new(salt.encode(), user_id.encode(), hashlib.sha256).hexdigest()
 
 
-def sample_id(event: FeedbackEvent, user_hash: str, timestamp_ms: int) -> str:
+def sample_id(event: FeedbackEvent, *, client: str, user_hash: str, idempotency_key: str | None) -> str:
     """A deterministic id, so a retried request is the same judgment (the builder keeps one per key)."""
     if event.event_id is not None:
-        identity: list[object] = [event.source, event.event_id]
-    else:
+        identity: list[object] = [client, event.source, "event", event.event_id]
+    elif idempotency_key is not None:
+        identity = [client, event.source, "idempotency-key", idempotency_key]
+    else:  # the content, with the client's timestamp if it sent one (never the time of receipt)
         identity = [
+            client,
             event.source,
             event.policy_version,
             event.instruction,
@@ -105,7 +125,7 @@ def sample_id(event: FeedbackEvent, user_hash: str, timestamp_ms: int) -> str:
             event.feedback,
             event.positive,
             event.rating,
-            timestamp_ms,
+            event.timestamp.isoformat() if event.timestamp is not None else None,
             user_hash,
         ]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
@@ -117,20 +137,20 @@ def to_judgment(
     *,
     polarity: messages_pb2.Polarity,
     policy: common_pb2.PolicyVersion,
-    iteration: int,
+    client: str,
     user_salt: str,
+    idempotency_key: str | None = None,
     now_ms: int | None = None,
 ) -> messages_pb2.Judgment:
-    """The ``Judgment`` (source ``PRODUCTION_FEEDBACK``) that carries ``event`` on the judgments topic."""
+    """The ``Judgment`` (source ``PRODUCTION_FEEDBACK``, iteration unassigned) that carries ``event``."""
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     at_ms = int(event.timestamp.timestamp() * 1000) if event.timestamp is not None else now_ms
     user_hash = hash_user(event.user_id, user_salt) if event.user_id is not None else ""
-    sid = sample_id(event, user_hash, at_ms)
+    sid = sample_id(event, client=client, user_hash=user_hash, idempotency_key=idempotency_key)
     prompt = messages_pb2.Prompt(
         id=sid.removesuffix("#0"),
         instruction=event.instruction,
         input=event.input,
-        iteration=iteration,
         split="train",
         created_at_ms=at_ms,
     )
@@ -140,7 +160,6 @@ def to_judgment(
         response=event.response,
         policy=policy,
         created_at_ms=at_ms,
-        iteration=iteration,
     )
     judgment = messages_pb2.Judgment(
         sample=sample,

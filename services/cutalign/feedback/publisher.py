@@ -18,6 +18,9 @@ from collections import deque
 from cutalign.bus import DeliveryError, TypedProducer
 from cutalign.v1 import messages_pb2
 
+# How long a request waits for the broker's acknowledgement before it is answered 503 (clients retry).
+FLUSH_TIMEOUT_S = 10.0
+
 
 class PublishFailed(RuntimeError):
     """The broker did not acknowledge the batch this message was flushed with; the client should retry."""
@@ -44,13 +47,28 @@ class GroupCommitPublisher:
                 with self._producer_lock:
                     first, last = self._durable + 1, self._sent
                     try:
-                        self._producer.flush()
+                        self._producer.flush(FLUSH_TIMEOUT_S)
                     except DeliveryError as e:
                         self._failed.append((first, last, str(e)))
                     self._durable = last
             for first, last, why in self._failed:
                 if first <= ticket <= last:
                     raise PublishFailed(f"the broker did not acknowledge the feedback: {why}")
+
+    def probe(self, timeout_s: float = 2.0) -> str | None:
+        """None if everything sent is acknowledged (now, or by a flush of ``timeout_s``), else why not.
+
+        What ``/readyz`` asks: while the publisher cannot publish, the pod must not get traffic — and the
+        flush this runs is what recovers a fenced producer when no request comes to do it.
+        """
+        if self._producer.healthy:
+            return None
+        with self._producer_lock:
+            try:
+                self._producer.flush(timeout_s)
+            except DeliveryError as e:
+                return str(e)
+        return None
 
     def close(self) -> None:
         with self._producer_lock:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cutalign.bus.runner import Rejection
+from cutalign.checks import has_visible_text, id_problem, oversize_field
 from cutalign.config import PolicySettings
 from cutalign.policy.client import Completion
 from cutalign.templates import Request, join_input, request_chars
@@ -28,27 +30,29 @@ class Prepared:
     truncated: bool
 
 
-@dataclass(frozen=True)
-class Reject:
-    reason: str  # stable dead-letter reason code
-    detail: str
-
-
 def prepare_prompt(
-    prompt: messages_pb2.Prompt, policy: PolicySettings, iteration: int, render: Render
-) -> Prepared | Reject:
+    prompt: messages_pb2.Prompt, policy: PolicySettings, iteration: int, render: Render, max_text_bytes: int
+) -> Prepared | Rejection:
     """Render ``prompt`` with ``render`` (the client's template), or say why it cannot be generated for.
 
-    ``iteration`` is the one iteration this generator serves; 0 accepts every prompt's own iteration.
+    ``iteration`` is the one iteration this generator serves; 0 accepts every prompt's own iteration. The
+    prompt id must make valid sample ids (printable, bounded: see ``cutalign.checks``), and its texts must fit
+    ``kafka.max_text_bytes``, or the judge and builder would refuse every sample of it.
     """
     if not prompt.id:
-        return Reject(
+        return Rejection(
             "missing_prompt_id", "a Prompt needs an id: sample ids and deduplication derive from it"
         )
-    if not prompt.instruction.strip():
-        return Reject("empty_prompt", f"prompt {prompt.id} has an empty instruction")
+    problem = id_problem(sample_id(prompt.id, policy.n - 1), "the sample id derived from prompt.id")
+    if problem is not None:
+        return Rejection("invalid_id", problem)
+    if not has_visible_text(prompt.instruction):
+        return Rejection("empty_prompt", f"prompt {prompt.id} has an empty instruction")
+    oversize = oversize_field((("instruction", prompt.instruction), ("input", prompt.input)), max_text_bytes)
+    if oversize is not None:
+        return Rejection("oversize_text", f"prompt {prompt.id}: {oversize}")
     if iteration and prompt.iteration not in (0, iteration):
-        return Reject(
+        return Rejection(
             "iteration_mismatch",
             f"prompt {prompt.id} is for iteration {prompt.iteration}; this generator serves {iteration} only "
             "(CUTALIGN_GENERATOR_ITERATION=0 follows each prompt's iteration)",
@@ -58,14 +62,16 @@ def prepare_prompt(
     if size <= policy.max_prompt_chars:
         return Prepared(request, truncated=False)
     if not policy.truncate_long_prompts:
-        return Reject(
+        return Rejection(
             "prompt_too_long",
             f"prompt {prompt.id} formats to {size} characters, over policy.max_prompt_chars="
             f"{policy.max_prompt_chars} (set policy.truncate_long_prompts to truncate instead)",
         )
     budget = policy.max_prompt_chars - request_chars(render("", ""))
     if budget <= 0:
-        return Reject("prompt_too_long", f"the {policy.template!r} template alone exceeds max_prompt_chars")
+        return Rejection(
+            "prompt_too_long", f"the {policy.template!r} template alone exceeds max_prompt_chars"
+        )
     # keep the template whole (the model must still see "### Response:"); cut the user's text at its end
     return Prepared(render(join_input(prompt.instruction, prompt.input)[:budget], ""), truncated=True)
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 from cutalign.builder.seal import EmptyIteration
 from cutalign.builder.shards import write_shard
-from cutalign.builder.validate import Accepted, Rules, process
+from cutalign.builder.validate import Accepted, process
 from cutalign.bus import Envelope
-from cutalign.config import BuilderSettings, IterationSettings, TrainerSettings
+from cutalign.config import BuilderSettings, IterationSettings, KafkaSettings, TrainerSettings
 from cutalign.cut.examples import DataError
 from cutalign.generator.process import sample_id
 from cutalign.iteration.assess import assess_candidate
@@ -143,8 +143,7 @@ def training_examples(
     judged: Sequence[Judged], iteration: int, version: common_pb2.PolicyVersion
 ) -> list[training_pb2.TrainingExample]:
     """The judged responses as the builder turns judgment messages into examples (same validation)."""
-    limit = BuilderSettings().max_text_bytes
-    rules = Rules(open_iteration=iteration, first_iteration=iteration, max_text_bytes=limit)
+    limit = KafkaSettings().max_text_bytes  # the one size limit producers and the builder share
     now = int(time.time() * 1000)
     examples = []
     for offset, j in enumerate(judged):
@@ -162,7 +161,7 @@ def training_examples(
         )
         message = judgment_message(sample, _as_judgment(j), j.judge_id, now)
         envelope = Envelope(message, sample.id, TOPIC, 0, offset, value=message.SerializeToString())
-        outcome = process(envelope, rules)
+        outcome = process(envelope, limit)
         if isinstance(outcome, Accepted):
             examples.append(outcome.example)
         else:

@@ -1,10 +1,11 @@
 """Step 3: seal the iteration — its immutable ``IterationManifest`` is what the trainer reads.
 
-With a running target builder (``iteration.builder_url``), the seal goes through its ``POST /seal`` endpoint:
-the builder first flushes the judgments it still buffers into shards, so they are in the manifest rather than
-arriving late. Without one (the embedded demo, a builder that has stopped), ``seal_iteration`` seals what is
-durable in S3 directly. Both are idempotent, and either way the manifest is then read back from the store: the
-bucket, not an HTTP answer, is the source of truth the next steps use.
+With a running target builder (``iteration.builder_url``), the seal goes through its ``POST /seal`` endpoint,
+with the builder's admin token (``iteration.builder_admin_token``): the builder first flushes the judgments it
+still buffers into shards, so they are in the manifest rather than arriving late. Without one (the embedded
+demo, a builder that has stopped), ``seal_iteration`` seals what is durable in S3 directly. Both are
+idempotent, and either way the manifest is then read back from the store: the bucket, not an HTTP answer, is
+the source of truth the next steps use.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from cutalign.builder.seal import seal_iteration
-from cutalign.config import BuilderSettings
+from cutalign.config import BuilderSettings, IterationSettings
 from cutalign.iteration.http import post_json
 from cutalign.store import ArtifactStore
 from cutalign.store.layout import iteration_manifest_key
@@ -41,10 +42,18 @@ def seal(
     builder_url: str | None = None,
     builder: BuilderSettings | None = None,
     timeout_s: float = 120.0,
+    token: str | None = None,
 ) -> SealedIteration:
-    """Seal ``iteration`` through the builder at ``builder_url``, or in this process when it is None."""
+    """Seal ``iteration`` through the builder at ``builder_url``, or in this process when it is None.
+
+    ``token`` is the builder's admin token (default: ``CUTALIGN_ITERATION_BUILDER_ADMIN_TOKEN``).
+    """
     if builder_url:
-        post_json(f"{builder_url.rstrip('/')}/seal?iteration={iteration}", timeout_s=timeout_s)
+        if token is None:
+            secret = IterationSettings().builder_admin_token
+            token = secret.get_secret_value() if secret is not None else None
+        url = f"{builder_url.rstrip('/')}/seal?iteration={iteration}"
+        post_json(url, timeout_s=timeout_s, token=token)
     else:
         seal_iteration(store, builder or BuilderSettings(), iteration, sealed_by="pipeline")
     key = iteration_manifest_key(iteration)

@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from cutalign.checks import has_visible_text, span_problem
+
 PERFECT = "Perfect."
 """A positive judgment's text: what the reference judge was told to answer for a flawless response."""
 
@@ -37,12 +39,14 @@ PERFECT = "Perfect."
 class Judgment:
     """One judgment of one response (the in-process result; the wire format is ``cutalign.v1.Judgment``).
 
-    ``error_spans`` are character spans ``[start, end)`` of the response that the judge blames, so detection
-    can be measured against known error positions (method page §8). A zero-width span at ``len(response)``
-    blames the end of the response itself, i.e. the model stopped where it should have gone on (the
-    end-of-sequence token is the wrong one, and it has no characters). ``correction`` is a corrected response
-    where the judge knows one (a verifier does): the judgment-reading warm start (``cutalign.reading``) trains
-    on it. It stays in-process; a judgment on the bus carries text, polarity and spans.
+    ``error_spans`` are spans ``[start, end)`` of the response, in Unicode code points, that the judge blames,
+    so detection can be measured against known error positions (method page §8). A zero-width span at
+    ``len(response)`` blames the end of the response itself, i.e. the model stopped where it should have gone
+    on (the end-of-sequence token is the wrong one, and it has no characters); anywhere else a span is
+    non-empty. The rule is :func:`cutalign.checks.span_problem`, shared with the target builder.
+    ``correction`` is a corrected response where the judge knows one (a verifier does): the judgment-reading
+    warm start (``cutalign.reading``) trains on it. It stays in-process; a judgment on the bus carries text,
+    polarity and spans.
     """
 
     text: str
@@ -79,10 +83,12 @@ def normalize(
 ) -> Judgment:
     """Turn a judge's return value into a checked :class:`Judgment`.
 
-    ``judge_id`` fills in a missing id. With ``response`` given, spans are checked to lie inside it. Raises
-    :class:`InvalidJudgment` for anything that would poison training: a non-bool polarity (``"no"`` is
-    truthy), a non-string text, a negative judgment with no text (Align-N would condition on nothing), a
-    reversed span.
+    ``judge_id`` fills in a missing id. With ``response`` given, spans are checked against it by the rule the
+    target builder applies (:func:`cutalign.checks.span_problem`), so a judgment the judge publishes is never
+    refused downstream. Raises :class:`InvalidJudgment` for anything that would poison training: a non-bool
+    polarity (``"no"`` is truthy), a non-string text, a negative judgment with no visible text (Align-N would
+    condition on nothing), a span that is not a pair of ints (a float is refused, not truncated), reversed,
+    empty in the middle or outside the response.
     """
     if isinstance(result, Judgment):
         judgment = result
@@ -100,9 +106,12 @@ def normalize(
         raise InvalidJudgment(
             f"judgment polarity must be a bool, got {type(judgment.positive).__name__} {judgment.positive!r}"
         )
-    if not judgment.positive and not judgment.text.strip():
+    if not judgment.positive and not has_visible_text(judgment.text):
         raise InvalidJudgment("a negative judgment needs text that says what is wrong; it was empty")
-    spans = [_check_span(span, response) for span in judgment.error_spans]
+    spans = [_pair(span) for span in judgment.error_spans]
+    problem = span_problem(spans, response) if response is not None else None
+    if problem is not None:
+        raise InvalidJudgment(problem)
     if judgment.correction is not None and not isinstance(judgment.correction, str):
         raise InvalidJudgment(f"a correction must be a str, got {type(judgment.correction).__name__}")
     return Judgment(
@@ -120,14 +129,8 @@ def run_judge(judge: Judge, instruction: str, response: str, reference: dict[str
     return normalize(result, judge_id=judge_id_of(judge), response=response)
 
 
-def _check_span(span: tuple[int, int], response: str | None) -> tuple[int, int]:
-    try:
-        start, end = (int(x) for x in span)
-    except (TypeError, ValueError) as e:
-        raise InvalidJudgment(f"an error span must be a pair of ints (start, end), got {span!r}") from e
-    limit = len(response) if response is not None else end
-    if not 0 <= start <= end <= limit:
-        raise InvalidJudgment(
-            f"error span {span!r} is not inside the response (0 <= start <= end <= {limit})"
-        )
-    return (start, end)
+def _pair(span: object) -> tuple[int, int]:
+    """A span as a ``(start, end)`` tuple of ints, exactly: ``1.0`` or ``True`` is refused, not converted."""
+    if isinstance(span, list | tuple) and len(span) == 2 and all(type(v) is int for v in span):
+        return (span[0], span[1])
+    raise InvalidJudgment(f"an error span must be a pair of ints (start, end) in code points, got {span!r}")

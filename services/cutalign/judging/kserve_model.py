@@ -4,7 +4,7 @@
 
 The judge comes from ``JudgeSettings`` exactly as in the Kafka service (``--judge``/``--options_json``
 flags or ``CUTALIGN_JUDGE_*``), gaming guard included; calls get the same deadline and retries
-(:mod:`cutalign.judging.calls`) and run on a worker thread, off the event loop.
+(:mod:`cutalign.judging.calls`) in worker processes, awaited off the event loop.
 
 * v1 ``POST /v1/models/{name}:predict`` with ``{"instances": [{"instruction": "...", "response": "...",
   "reference": {...}}]}`` answers ``{"predictions": [{"text", "positive", "error_spans": [[start, end]],
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 from typing import Any
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cutalign.config import JudgeSettings
 from cutalign.judges.base import Judge, Judgment, judge_id_of
 from cutalign.judges.loader import judge_from_settings
-from cutalign.judging.calls import CallPool, JudgeInput, judge_all
+from cutalign.judging.calls import JudgeInput, JudgePool, error_name, judge_all
 from cutalign.judging.metrics import JUDGMENTS, polarity_label, record_call
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,27 @@ class JudgeModel(kserve.Model):
     def __init__(self, name: str, settings: JudgeSettings) -> None:
         super().__init__(name)
         self.settings = settings
-        self._judge: Judge | None = None
-        self._pool: CallPool | None = None
+        self._pool: JudgePool | None = None
         self.judge_id = ""
 
     def load(self) -> bool:
-        self._judge = judge_from_settings(self.settings)
-        self.judge_id = self.settings.judge_id or judge_id_of(self._judge)
-        self._pool = CallPool(self.settings.concurrency, name="kserve-judge")
+        judge: Judge = judge_from_settings(self.settings)  # fails fast here on a bad judge spec
+        self.judge_id = self.settings.judge_id or judge_id_of(judge)
+        self._pool = JudgePool(
+            functools.partial(judge_from_settings, self.settings),
+            self.settings.concurrency,
+            name="kserve-judge",
+        )
         self.ready = True
         log.info("judge model ready", extra={"judge": self.judge_id, "model": self.name})
         return self.ready
+
+    def stop(self) -> None:
+        """KServe's teardown: the judge worker processes go with the model."""
+        self.ready = False
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     async def predict(
         self,
@@ -85,14 +96,13 @@ class JudgeModel(kserve.Model):
         return {"predictions": [judgment_json(j) for j in judgments]}
 
     async def _judge_rows(self, inputs: list[JudgeInput]) -> list[Judgment]:
-        if self._judge is None or self._pool is None:
+        if self._pool is None:
             raise InferenceError("the judge is not loaded")
         s = self.settings
         attempted = await asyncio.to_thread(
             judge_all,
-            self._judge,
-            inputs,
             self._pool,
+            inputs,
             timeout_s=s.timeout_s,
             max_retries=s.max_retries,
             backoff_s=s.backoff_s,
@@ -102,7 +112,8 @@ class JudgeModel(kserve.Model):
         for outcome in attempted:
             if outcome.judgment is None:
                 error = outcome.error
-                raise InferenceError(f"judge_failed: {type(error).__name__}: {error}")
+                assert error is not None
+                raise InferenceError(f"judge_failed: {error_name(error)}: {error}")
             judgments.append(outcome.judgment)
         for judgment in judgments:
             JUDGMENTS.labels(self.judge_id, polarity_label(judgment.positive)).inc()

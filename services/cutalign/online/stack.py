@@ -321,6 +321,7 @@ def local_stack(
             BuilderSettings(
                 iteration=1,
                 http_port=0,
+                http_host="127.0.0.1",
                 shard_max_seconds=0.5,
                 align_p_ratio=settings.align_p_ratio,
                 group_id=f"{settings.run_id}-builder",
@@ -328,6 +329,7 @@ def local_stack(
             store=store,
         )
         services.start("builder", lambda: builder.serve(services.stop))
+        stack.enter_context(patched_environ({"CUTALIGN_ITERATION_BUILDER_ADMIN_TOKEN": builder.admin_token}))
         deadline = time.monotonic() + 60
         while not builder.ready.is_set():
             services.check()

@@ -160,26 +160,36 @@ class LocalPlatform:
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     def up(self, timeout_s: float = 30.0) -> None:
-        """Start both servers (idempotent: running ones are kept) and wait until they answer."""
+        """Start both servers (idempotent: running ones are kept) and wait until they answer.
+
+        If one cannot start, what *this call* started is stopped again (no half platform is left behind), but
+        a server that was already running is never stopped because another failed to start.
+        """
         for d in (self.run_dir, self.log_dir, self.root / "data"):
             d.mkdir(parents=True, exist_ok=True)
+        started: list[str] = []
         try:
             if not self._alive("seaweedfs"):
                 self._write_s3_identities()
                 self._spawn("seaweedfs", self._weed_argv(), env={})
+                started.append("seaweedfs")
             self._wait_s3(timeout_s)
             if not self._alive("tansu"):
                 self._spawn("tansu", self._tansu_argv(), env=self._tansu_env())
+                started.append("tansu")
             self._wait_kafka(timeout_s)
         except PlatformError:
-            self.down()  # never leave half a platform running
+            self.down(only=started)
             raise
         log.info("platform up", extra={"kafka": self.settings.kafka_port, "s3": self.settings.s3_port})
 
-    def down(self, timeout_s: float = 15.0) -> list[str]:
-        """Stop what ``up`` started (broker first, so it flushes into S3). Returns the names stopped."""
+    def down(self, timeout_s: float = 15.0, only: list[str] | None = None) -> list[str]:
+        """Stop what ``up`` started (broker first, so it flushes into S3), or just the servers named in
+        ``only``. Returns the names stopped."""
         stopped = []
         for name in ("tansu", "seaweedfs"):
+            if only is not None and name not in only:
+                continue
             info = self._read_pid(name)
             if info is None:
                 continue
@@ -187,8 +197,21 @@ class LocalPlatform:
                 self._terminate(info, timeout_s)
                 stopped.append(name)
             (self.run_dir / f"{name}.json").unlink(missing_ok=True)
-        self._remove_stray_sockets()
+        if not self._alive("seaweedfs"):  # a running store still uses its sockets
+            self._remove_stray_sockets()
         return stopped
+
+    def kill(self, name: Literal["tansu", "seaweedfs"]) -> None:
+        """SIGKILL one server, as a crash would (fault-injection tests); ``up()`` starts it again."""
+        info = self._read_pid(name)
+        if info is None or not info.alive:
+            raise PlatformError(f"{name} is not running")
+        os.kill(info.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _is_our_process(info.pid, info.argv) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if name == "seaweedfs":
+            self._remove_stray_sockets()
 
     def __enter__(self) -> LocalPlatform:
         self.up()

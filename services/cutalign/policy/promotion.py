@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cutalign.policy.version import describe, policy_version
 from cutalign.store import ArtifactStore, ObjectMissing, ObjectRef
-from cutalign.store.layout import CURRENT_POLICY_KEY, release_key
+from cutalign.store.layout import CURRENT_POLICY_KEY, RELEASES_PREFIX, release_key
 from cutalign.v1 import training_pb2
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,12 @@ def current_release(store: ArtifactStore) -> training_pb2.PolicyRelease | None:
         return store.get_manifest(CURRENT_POLICY_KEY, training_pb2.PolicyRelease)
     except ObjectMissing:
         return None
+
+
+def recent_releases(store: ArtifactStore, count: int) -> list[training_pb2.PolicyRelease]:
+    """The ``count`` most recent releases (highest iterations first), from ``policy/releases/``."""
+    keys = sorted(k for k in store.list(RELEASES_PREFIX) if k.endswith(".json"))[-count:] if count else []
+    return [store.get_manifest(k, training_pb2.PolicyRelease) for k in reversed(keys)]
 
 
 def rollback(store: ArtifactStore, iteration: int) -> training_pb2.PolicyRelease:

@@ -66,8 +66,11 @@ def eval_key(iteration: int) -> str:
     return f"{iteration_prefix(iteration)}eval.json"
 
 
+RELEASES_PREFIX = "policy/releases/"
+
+
 def release_key(iteration: int) -> str:
-    return f"policy/releases/{iteration:04d}.json"
+    return f"{RELEASES_PREFIX}{iteration:04d}.json"
 
 
 CURRENT_POLICY_KEY = "policy/current.json"
