@@ -302,11 +302,6 @@ def test_production_feedback_is_accepted_between_iterations(run: Run) -> None:
     assert run.feedback_answers == [202, 202, 202]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the target builder to assign production feedback to the open iteration (issue 13 item 6, "
-    "the reliability side): the feedback service still stamps the static feedback.iteration=1 (sealed)",
-)
 def test_production_feedback_posted_between_the_runs_reaches_iteration_twos_manifest(run: Run) -> None:
     manifest = run.store.get_manifest(iteration_manifest_key(2), training_pb2.IterationManifest)
     assert f"feedback:{FEEDBACK_SOURCE}" in manifest.judge_ids
