@@ -42,7 +42,7 @@ proto-check: $(STAMP)
 	  { echo "generated protobuf code is stale: run 'make proto'"; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
 
 ## Compile the KFP pipeline to IR YAML (committed; `pipelines-check` fails CI when stale). The chart compiles
-## the release's own copy at upload time (`cutalign.k8s.pipeline_upload`), from the same package.
+## the release's own copy at upload time (`cutalign.pipelines.upload`), from the same package.
 PIPELINE_DIR := services/cutalign/pipelines/compiled
 pipelines: $(STAMP)
 	$(BIN)/python -m cutalign.pipelines.compile --out $(PIPELINE_DIR)

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cutalign.platform import LocalPlatform
 from cutalign.policy.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 Secrets = Mapping[str, Mapping[str, str]]  # Secret name -> key -> value (what `kubectl create secret` made)
+KAFKA_USERS = ("generator", "judge", "target-builder", "feedback", "pipeline")  # Strimzi users of production
 
 
 class MissingReference(KeyError):
@@ -101,16 +103,25 @@ def container_env(container: dict[str, Any], cluster: Cluster) -> dict[str, str]
     return env
 
 
-def mounted_paths(pod: dict[str, Any], container: dict[str, Any], cluster: Cluster) -> dict[str, Path]:
-    """Mount path -> local directory for the container's Secret and ConfigMap volumes."""
+def mounted_paths(
+    pod: dict[str, Any], container: dict[str, Any], cluster: Cluster, pod_dir: Path | None = None
+) -> dict[str, Path]:
+    """Mount path -> local directory for the container's Secret and ConfigMap volumes, and with ``pod_dir``
+    its emptyDir volumes too (``pod_dir/<volume>``: one directory the pod's containers share, as on a
+    node)."""
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
     paths = {}
     for mount in container.get("volumeMounts") or []:
+        if mount["name"] not in volumes:
+            raise MissingReference(f"volume {mount['name']!r} is mounted but not defined: the pod is invalid")
         volume = volumes[mount["name"]]
         if "secret" in volume:
             paths[mount["mountPath"]] = cluster.write_volume("secret", volume["secret"]["secretName"])
         elif "configMap" in volume:
             paths[mount["mountPath"]] = cluster.write_volume("configMap", volume["configMap"]["name"])
+        elif "emptyDir" in volume and pod_dir is not None:
+            paths[mount["mountPath"]] = pod_dir / mount["name"]
+            paths[mount["mountPath"]].mkdir(parents=True, exist_ok=True)
     return paths
 
 
@@ -130,7 +141,7 @@ class Rewrites:
                 out[name] = value
         for name, value in list(out.items()):
             for mount, local in self.mounts.items():
-                if value.startswith(mount + "/"):
+                if value == mount or value.startswith(mount + "/"):
                     out[name] = str(local) + value[len(mount) :]
         return out
 
@@ -265,3 +276,41 @@ def base_env() -> dict[str, str]:
     """What every local process inherits that an image would have (PATH, Python, no tokenizer threads)."""
     keep = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR", "LANG", "TOKENIZERS_PARALLELISM")
     return {k: v for k, v in os.environ.items() if k in keep} | {"OMP_NUM_THREADS": "1", "HOME": "/tmp"}
+
+
+def installed_secrets(platform: LocalPlatform, ca_pem: str) -> dict[str, dict[str, str]]:
+    """The Secrets the chart README has an operator create (Strimzi's and MinIO's as they write them)."""
+    access, secret = platform.s3.credentials()
+    kafka_users = {
+        f"rel-cutalign-{c}": {
+            "password": f"scram-{c}",
+            "sasl.jaas.config": f"... username=rel-cutalign-{c} ...",
+        }
+        for c in KAFKA_USERS
+    }
+    return {
+        "cutalign-minio-user": {"CONSOLE_ACCESS_KEY": access, "CONSOLE_SECRET_KEY": secret},
+        "prod-cluster-ca-cert": {"ca.crt": ca_pem},
+        "cutalign-feedback": {"token": "e2e-feedback-token", "user-hash-salt": "e2e-salt-" + "x" * 32},
+        "cutalign-judge-llm": {"api-token": "e2e-llm-token"},
+        "cutalign-policy-admin": {"admin-token": "e2e-admin-token"},
+        "cutalign-policy-api": {"api-token": "e2e-policy-api-token"},
+        "cutalign-builder": {"admin-token": "e2e-builder-token"},
+        **kafka_users,
+    }
+
+
+def local_rewrites(platform: LocalPlatform, policy_url: str = "") -> Rewrites:
+    """The cluster's endpoints -> the local platform: plain TCP (the local broker and store have no TLS)."""
+    return Rewrites(
+        {
+            "CUTALIGN_KAFKA_BOOTSTRAP_SERVERS": platform.kafka_settings.bootstrap_servers,
+            "CUTALIGN_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+            "CUTALIGN_KAFKA_SSL_CA_LOCATION": None,
+            "CUTALIGN_S3_ENDPOINT": platform.s3.endpoint,
+            "CUTALIGN_S3_SECURE": "false",
+            "CUTALIGN_S3_CA_BUNDLE": None,
+            "CUTALIGN_FEEDBACK_HOST": "127.0.0.1",
+            **({"CUTALIGN_POLICY_URL": policy_url} if policy_url else {}),
+        }
+    )

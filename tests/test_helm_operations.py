@@ -272,17 +272,21 @@ def test_the_upload_job_keeps_the_recurring_run_of_the_online_loop(production: l
     assert not [a for a in upload["command"] if a.startswith("--schedule")]
 
 
-def test_kserve_profile_hot_reloads_the_policy_with_the_admin_token(tmp_path: Path) -> None:
+def test_kserve_profile_promotes_through_the_inference_service(tmp_path: Path) -> None:
+    """KServe serves what the InferenceService's storage URI names: the promote step patches it (no hot reload
+    through the server's admin API), and training and evaluation get the profile's GPUs."""
     objs = render(CHART, "-f", str(CHART / "ci" / "kserve-values.yaml"))
     wiring = PipelineWiring.model_validate_json(
         find(objs, "ConfigMap", "-pipeline-upload")["data"]["wiring.json"]
     )
+    assert wiring.defaults["policy_admin_url"] == ""
+    steps = find(objs, "ConfigMap", "-pipeline-config")["data"]
     assert (
-        wiring.defaults["policy_admin_url"]
-        == f"http://rel-cutalign-policy-predictor.{NAMESPACE}.svc.cluster.local"
+        steps["CUTALIGN_ITERATION_POLICY_RESOURCE"]
+        == find(objs, "InferenceService", "-policy")["metadata"]["name"]
     )
-    assert wiring.policy_admin is not None
-    assert wiring.policy_admin.keys == {"admin-token": "CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN"}
+    assert wiring.builder_admin is not None
+    assert wiring.builder_admin.keys == {"admin-token": "CUTALIGN_ITERATION_BUILDER_ADMIN_TOKEN"}
     assert (wiring.defaults["launcher"], wiring.defaults["gpus"], wiring.evaluate.gpus) == ("trainjob", 4, 1)
     cpu = render(CHART, "-f", str(CHART / "ci" / "minimal-values.yaml"))
     wiring = PipelineWiring.model_validate_json(
@@ -391,7 +395,7 @@ def test_helm_test_pod_checks_every_service_and_the_pipeline_version(
     pod = find(production, "Pod", "-release-test")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     command = pod["spec"]["containers"][0]["command"]
-    assert command[:3] == ["python", "-m", "cutalign.k8s.release_check"]
+    assert command[:3] == ["python", "-m", "cutalign.pipelines.release_check"]
     ready = {a.removeprefix("--ready=") for a in command if a.startswith("--ready=")}
     svc = f"{NAMESPACE}.svc.cluster.local"
     assert ready == {
@@ -399,7 +403,7 @@ def test_helm_test_pod_checks_every_service_and_the_pipeline_version(
         f"http://rel-cutalign-judge.{svc}:8080/readyz",
         f"http://rel-cutalign-target-builder.{svc}:8080/readyz",
         f"http://rel-cutalign-feedback.{svc}:80/readyz",
-        f"http://rel-cutalign-policy.{svc}:8080/health",  # TGI
+        f"http://rel-cutalign-policy.{svc}:8080/health",  # vLLM
     }
     assert "--wiring=/pipeline/wiring.json" in command and "--pipeline=cutalign-online-iteration" in command
     services = {o["metadata"]["name"] for o in production if o["kind"] == "Service"}

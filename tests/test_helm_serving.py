@@ -52,8 +52,9 @@ def one(objs: list[dict[str, Any]], kind: str, name: str = "rel-cutalign-policy"
     return obj
 
 
-def config(objs: list[dict[str, Any]]) -> dict[str, str]:
-    return dict(one(objs, "ConfigMap", "rel-cutalign-config")["data"])
+def config(objs: list[dict[str, Any]], component: str) -> dict[str, str]:
+    """The settings one component's pods read (its own ConfigMap)."""
+    return dict(one(objs, "ConfigMap", f"rel-cutalign-{component}-config")["data"])
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_every_mode_renders_and_validates_strictly(
     reports = validate_manifests(modes[mode], CrdCatalog(), kube_version)
     kinds = {r.kind for r in reports}
     assert ("InferenceService" in kinds) == (mode == "kserve")
-    assert config(modes[mode])["CUTALIGN_POLICY_MODE"] == mode.split("-")[0]
+    assert config(modes[mode], "generator")["CUTALIGN_POLICY_MODE"] == mode.split("-")[0]
 
 
 def test_vllm_is_the_production_default() -> None:
@@ -119,10 +120,12 @@ def test_gpu_servers_roll_instead_of_recreating(modes: dict[str, list[dict[str, 
         "type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
-    env = config(modes[mode])
-    assert env["CUTALIGN_ITERATION_POLICY_RESOURCE"] == deployment["metadata"]["name"]
-    assert env["CUTALIGN_ITERATION_POLICY_NAMESPACE"] == "ns"
-    assert env["CUTALIGN_MODEL_SYNC_BASE_MODEL_URI"] == "s3://cutalign/models/base/"
+    steps = config(modes[mode], "pipeline")
+    assert steps["CUTALIGN_ITERATION_POLICY_RESOURCE"] == deployment["metadata"]["name"]
+    assert steps["CUTALIGN_ITERATION_POLICY_NAMESPACE"] == "ns"
+    assert config(modes[mode], "policy")["CUTALIGN_MODEL_SYNC_BASE_MODEL_URI"] == "s3://cutalign/models/base/"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/config"], "a settings change of the policy pod rolls it"
 
 
 def test_both_rollout_limits_at_zero_fail_with_the_reason() -> None:
@@ -154,10 +157,11 @@ def test_kserve_serves_the_storage_uri_without_in_pod_reloads(modes: dict[str, l
 
 def test_embedded_server_binds_the_pod_ip_and_takes_its_admin_token_from_a_secret() -> None:
     objs = render(*MODES["embedded"], "policyServer.existingSecret=policy-admin")
-    env = config(objs)
+    env = config(objs, "policy")
     assert env["CUTALIGN_POLICY_SERVER_HOST"] == "0.0.0.0"
     assert "CUTALIGN_POLICY_SERVER_ADMIN_TOKEN" not in env
-    assert "CUTALIGN_ITERATION_POLICY_ADMIN_URL" not in env, "promotion: the server follows current.json"
+    steps = config(objs, "pipeline")
+    assert "CUTALIGN_ITERATION_POLICY_ADMIN_URL" not in steps, "promotion: the server follows current.json"
     (container,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
     (token,) = [e for e in container["env"] if e["name"] == "CUTALIGN_POLICY_SERVER_ADMIN_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {"name": "policy-admin", "key": "admin-token"}

@@ -43,7 +43,7 @@ ARGUMENT_MODULES = (
     "cutalign.policy.server",
     "cutalign.policy.sync",
     "cutalign.judging.kserve_model",
-    "cutalign.k8s.pipeline_upload",
+    "cutalign.pipelines.upload",
 )
 
 

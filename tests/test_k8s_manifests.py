@@ -21,12 +21,12 @@ from typer.testing import CliRunner
 
 from cutalign.cli.main import app
 from cutalign.config import LauncherSettings, S3Settings, Toleration, TrainerSettings
-from cutalign.k8s import release_check
-from cutalign.k8s.pipeline_upload import check_pipeline_file, schedule, upload, version_name
 from cutalign.k8s.pytorchjob import build_pytorchjob
-from cutalign.k8s.release_check import missing_version
 from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import CrdCatalog, ManifestInvalid, shipped_crd_dir
+from cutalign.pipelines import release_check
+from cutalign.pipelines.release_check import missing_version
+from cutalign.pipelines.upload import check_pipeline_file, schedule, upload, version_name
 
 RUN_ARGS = [
     "--data",

@@ -42,7 +42,7 @@ from cutalign.v1 import training_pb2
 from helm_support import CHART, HELM, find, render
 from kube_standin import KubernetesStandIn
 from policy_support import http_json, tiny_policy
-from release_support import Cluster, LocalRelease, Rewrites, task_environment
+from release_support import Cluster, LocalRelease, installed_secrets, local_rewrites, task_environment
 from tls_support import make_ca_and_server_cert
 
 pytestmark = [
@@ -52,7 +52,6 @@ pytestmark = [
 
 POOL, PER_ITERATION, EVAL = 12, 6, 4
 FEEDBACK_SOURCE = "e2e-support-bot"
-COMPONENTS = ("generator", "judge", "target-builder", "feedback", "pipeline")
 
 
 @dataclass
@@ -105,42 +104,6 @@ def overlay(name: str, bucket: str, base: str) -> dict[str, Any]:
             }
         },
     }
-
-
-def installed_secrets(platform: LocalPlatform, ca_pem: str) -> dict[str, dict[str, str]]:
-    """The Secrets the chart README has an operator create (Strimzi's and MinIO's as they write them)."""
-    access, secret = platform.s3.credentials()
-    kafka_users = {
-        f"rel-cutalign-{c}": {
-            "password": f"scram-{c}",
-            "sasl.jaas.config": f"... username=rel-cutalign-{c} ...",
-        }
-        for c in COMPONENTS
-    }
-    return {
-        "cutalign-minio-user": {"CONSOLE_ACCESS_KEY": access, "CONSOLE_SECRET_KEY": secret},
-        "prod-cluster-ca-cert": {"ca.crt": ca_pem},
-        "cutalign-feedback": {"token": "e2e-feedback-token", "user-hash-salt": "e2e-salt-" + "x" * 32},
-        "cutalign-judge-llm": {"api-token": "e2e-llm-token"},
-        "cutalign-policy-admin": {"admin-token": "e2e-admin-token"},
-        **kafka_users,
-    }
-
-
-def local_rewrites(platform: LocalPlatform, policy_url: str = "") -> Rewrites:
-    """The cluster's endpoints -> the local platform: plain TCP (the local broker and store have no TLS)."""
-    return Rewrites(
-        {
-            "CUTALIGN_KAFKA_BOOTSTRAP_SERVERS": platform.kafka_settings.bootstrap_servers,
-            "CUTALIGN_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
-            "CUTALIGN_KAFKA_SSL_CA_LOCATION": None,
-            "CUTALIGN_S3_ENDPOINT": platform.s3.endpoint,
-            "CUTALIGN_S3_SECURE": "false",
-            "CUTALIGN_S3_CA_BUNDLE": None,
-            "CUTALIGN_FEEDBACK_HOST": "127.0.0.1",
-            **({"CUTALIGN_POLICY_URL": policy_url} if policy_url else {}),
-        }
-    )
 
 
 def post_feedback(url: str, token: str, sha256: str, n: int) -> list[int]:
@@ -264,6 +227,12 @@ def test_rendered_release_carries_the_production_wiring(run: Run) -> None:
     assert tasks["CUTALIGN_KAFKA_SASL_PASSWORD"] == "scram-pipeline"
     assert tasks["CUTALIGN_S3_ACCESS_KEY"] and tasks["CUTALIGN_JUDGE_LLM_API_TOKEN"] == "e2e-llm-token"
     assert tasks["CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN"] == "e2e-admin-token"
+    # the seal step and the builder it calls hold the same token, from the operator's Secret
+    assert tasks["CUTALIGN_ITERATION_BUILDER_ADMIN_TOKEN"] == "e2e-builder-token"
+    assert (
+        run.release.resolved["rel-cutalign-target-builder"]["CUTALIGN_BUILDER_ADMIN_TOKEN"]
+        == "e2e-builder-token"
+    )
     assert tasks["CUTALIGN_LAUNCHER_NAMESPACE"] == "cutalign-test"
 
 

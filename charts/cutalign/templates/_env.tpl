@@ -75,9 +75,10 @@ Usage: {{- include "cutalign.env.secretRef" (dict "name" "CUTALIGN_S3_ACCESS_KEY
 
 {{/*
 cutalign.components: what each component reads and needs, as JSON (the one table the ConfigMaps, env, Secrets,
-CA mounts, KafkaUsers and NetworkPolicies are derived from). `config`: the ConfigMap it takes
+CA mounts, KafkaUsers and NetworkPolicies are derived from). The policy pod of modes vllm/tgi holds a vLLM/TGI
+server and the model sync (`model-sync`), so its ConfigMap has the sync's sections. `config`: the ConfigMap it takes
 (`<fullname>-<config>-config`); `sections`: the settings sections in it; `kafka`/`s3`: it talks to the bus /
-the store (credentials and CA bundles); `policyClient`, `policyServer`, `llmJudge`: the tokens it gets.
+the store (credentials and CA bundles); `policyClient`, `policyServer`, `builderAdmin`, `llmJudge`: the tokens it gets.
 Usage: {{ $c := index (include "cutalign.components" . | fromJson) "generator" }}
 */}}
 {{- define "cutalign.components" -}}
@@ -85,9 +86,10 @@ Usage: {{ $c := index (include "cutalign.components" . | fromJson) "generator" }
   "generator" (dict "config" "generator" "sections" (list "kafka" "s3" "policy" "generator") "kafka" true "s3" true "policyClient" true)
   "judge" (dict "config" "judge" "sections" (list "kafka" "judge") "kafka" true "llmJudge" true)
   "judge-model" (dict "config" "judge" "sections" (list "kafka" "judge") "llmJudge" true)
-  "target-builder" (dict "config" "target-builder" "sections" (list "kafka" "s3" "builder") "kafka" true "s3" true)
+  "target-builder" (dict "config" "target-builder" "sections" (list "kafka" "s3" "builder") "kafka" true "s3" true "builderAdmin" true)
   "feedback" (dict "config" "feedback" "sections" (list "kafka" "s3" "feedback") "kafka" true "s3" true)
-  "policy" (dict "config" "policy" "sections" (list "s3" "policy" "policyServer") "s3" true "policyServer" true)
+  "policy" (dict "config" "policy" "sections" (ternary (list "s3" "modelSync") (list "s3" "policy" "policyServer") (has .Values.policy.mode (list "vllm" "tgi"))) "s3" true "policyServer" true)
+  "model-sync" (dict "config" "policy" "sections" (list "s3" "modelSync") "s3" true)
   "pipeline" (dict "config" "pipeline" "sections" (list "kafka" "s3" "judge" "builder" "iteration" "launcher" "trainer") "kafka" true "s3" true "llmJudge" true)
   "trainer" (dict "config" "pipeline" "sections" (list) "s3" true)
 ) -}}
@@ -115,7 +117,7 @@ Usage: {{ include "cutalign.env.skip" "kafka" }} -> used via fromJsonArray
   "modelSync" (list)
   "generator" $k8s
   "judge" (concat $k8s (list "kserve" "llm"))
-  "builder" $k8s
+  "builder" (concat $k8s (list "existingSecret" "adminTokenKey"))
   "feedback" (concat $k8s (list "existingSecret" "tokenKey" "userHashSaltKey" "service" "ingress"))
   "trainer" (list)
   "launcher" (list)
@@ -191,7 +193,7 @@ CUTALIGN_ITERATION_POLICY_NAMESPACE: {{ default $ctx.Release.Namespace $ctx.Valu
 {{/*
 cutalign.env.secrets: the Secret-backed env of a component (see cutalign.components): S3 keys, its SASL
 password (its own KafkaUser's Secret, or kafka.existingSecret), the policy token for policy clients, the admin
-token for the policy server, the LLM judge's token.
+token for the policy server, the seal token for the target builder, the LLM judge's token.
 Usage: {{- include "cutalign.env.secrets" (dict "ctx" $ "component" "generator") | nindent 12 }}
 */}}
 {{- define "cutalign.env.secrets" -}}
@@ -209,6 +211,9 @@ Usage: {{- include "cutalign.env.secrets" (dict "ctx" $ "component" "generator")
 {{- end }}
 {{- if and $c.policyServer $v.policyServer.existingSecret }}
 {{ include "cutalign.env.secretRef" (dict "name" "CUTALIGN_POLICY_SERVER_ADMIN_TOKEN" "secret" $v.policyServer.existingSecret "key" $v.policyServer.adminTokenKey) }}
+{{- end }}
+{{- if and $c.builderAdmin $v.builder.existingSecret }}
+{{ include "cutalign.env.secretRef" (dict "name" "CUTALIGN_BUILDER_ADMIN_TOKEN" "secret" $v.builder.existingSecret "key" $v.builder.adminTokenKey) }}
 {{- end }}
 {{- if and $c.llmJudge $v.judge.llm.existingSecret }}
 {{ include "cutalign.env.secretRef" (dict "name" "CUTALIGN_JUDGE_LLM_API_TOKEN" "secret" $v.judge.llm.existingSecret "key" $v.judge.llm.apiTokenKey) }}

@@ -47,6 +47,9 @@ Usage: {{ include "cutalign.pipeline.wiring" . }}
 {{- with $v.policyServer.existingSecret -}}
 {{- $_ := set $w "policy_admin" (include "cutalign.pipeline.secretEnv" (dict "secret" . "keys" (dict $v.policyServer.adminTokenKey "CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN")) | fromJson) -}}
 {{- end -}}
+{{- with $v.builder.existingSecret -}}
+{{- $_ := set $w "builder_admin" (include "cutalign.pipeline.secretEnv" (dict "secret" . "keys" (dict $v.builder.adminTokenKey "CUTALIGN_ITERATION_BUILDER_ADMIN_TOKEN")) | fromJson) -}}
+{{- end -}}
 {{- range $store := list "kafka" "s3" -}}
 {{- with (include "cutalign.tls.source" (dict "ctx" $ "store" $store)) -}}
 {{- $_ := set $w (printf "%s_ca" $store) (merge (fromJson .) (dict "mount_path" (include "cutalign.tls.mountPath" $store))) -}}

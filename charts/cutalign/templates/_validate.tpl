@@ -58,6 +58,9 @@ Usage: {{- include "cutalign.validateValues" . }}
 {{- if gt (mul (int $v.kafka.heartbeatIntervalMs) 3) (int $v.kafka.sessionTimeoutMs) -}}
 {{- $errors = append $errors "kafka.heartbeatIntervalMs: must be at most a third of kafka.sessionTimeoutMs" -}}
 {{- end -}}
+{{- if and (include "cutalign.iteration.builderUrl" .) (not $v.builder.existingSecret) -}}
+{{- $errors = append $errors "builder.existingSecret: name the Secret holding the target builder's seal token (the builder requires it on POST /seal; the pipeline's seal step sends it)" -}}
+{{- end -}}
 {{- if and $v.feedback.enabled (not $v.feedback.existingSecret) -}}
 {{- $errors = append $errors "feedback.existingSecret: name the Secret holding the bearer token and user-id hash salt" -}}
 {{- end -}}

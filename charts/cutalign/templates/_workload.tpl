@@ -42,7 +42,7 @@ affinity: {{- toYaml . | nindent 2 }}
 
 {{/*
 cutalign.workload.container: the service container (name, image, `python -m <module>`, env, probes, resources).
-`component` picks the ConfigMap, Secrets and CA bundles (cutalign.components); `secretEnv` is extra rendered
+`component` picks the ConfigMap, Secrets and CA bundles (cutalign.components); `renderedEnv` is extra rendered
 env (e.g. the feedback token).
 Usage: {{- include "cutalign.workload.container" (dict "ctx" $ "name" "generator" "component" "generator"
          "image" .Values.images.generator "module" "cutalign.generator.service" "values" .Values.generator
@@ -67,7 +67,7 @@ Usage: {{- include "cutalign.workload.container" (dict "ctx" $ "name" "generator
     {{- end }}
   env:
     {{- include "cutalign.env.secrets" (dict "ctx" $ctx "component" .component) | nindent 4 }}
-    {{- with .secretEnv }}
+    {{- with .renderedEnv }}
     {{- . | nindent 4 }}
     {{- end }}
     - name: HOME

@@ -19,13 +19,13 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 
 from cutalign import config_reference, modelinit
-from cutalign.builder import cli as builder_cli
+from cutalign.cli import builder as builder_cli
 from cutalign.cli import demo, experiment, platform, reading, run, tasks, train
+from cutalign.cli import feedback as feedback_cli
+from cutalign.cli import judge as judge_cli
+from cutalign.cli import k8s as k8s_cli
+from cutalign.cli import policy as policy_cli
 from cutalign.errors import UserError
-from cutalign.feedback import cli as feedback_cli
-from cutalign.judging import cli as judge_cli
-from cutalign.k8s import cli as k8s_cli
-from cutalign.policy import cli as policy_cli
 
 _state = {"verbose": False}
 

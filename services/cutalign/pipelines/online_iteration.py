@@ -203,7 +203,9 @@ def build_pipeline(wiring: PipelineWiring | None = None) -> Any:
                 ),
                 kafka=True,
             )
-            sealed = deploy(seal_op(iteration=number, builder_url=builder_url)).after(wait)
+            sealed = deploy(
+                seal_op(iteration=number, builder_url=builder_url), secrets=(w.builder_admin,)
+            ).after(wait)
             trained = deploy(
                 train_op(
                     iteration=number,

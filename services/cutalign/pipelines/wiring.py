@@ -78,6 +78,7 @@ class PipelineWiring(BaseModel):
     kafka: SecretEnv | None = Field(None, description="Kafka SASL password (tasks that use the bus).")
     judge: SecretEnv | None = Field(None, description="LLM judge token (evaluation).")
     policy_admin: SecretEnv | None = Field(None, description="Policy server admin token (promotion).")
+    builder_admin: SecretEnv | None = Field(None, description="Target builder's seal token (the seal step).")
     kafka_ca: MountedBundle | None = Field(None, description="CA of the brokers (tasks that use the bus).")
     s3_ca: MountedBundle | None = Field(None, description="CA of the S3 endpoint (every S3 task).")
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Labels of every task pod.")

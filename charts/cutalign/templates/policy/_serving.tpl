@@ -27,10 +27,9 @@ Usage: {{- include "cutalign.policy.modelSync" (dict "ctx" $ "follow" false) | n
   command: ["python", "-m", "cutalign.policy.sync"{{ if .follow }}, "--follow"{{ end }}]
   envFrom:
     - configMapRef:
-        name: {{ include "cutalign.names.component" (dict "ctx" $ctx "component" "config") }}
+        name: {{ include "cutalign.names.component" (dict "ctx" $ctx "component" "policy-config") }}
   env:
-    {{- include "cutalign.env.secretRef" (dict "name" "CUTALIGN_S3_ACCESS_KEY" "secret" $ctx.Values.s3.existingSecret "key" $ctx.Values.s3.accessKeyKey) | nindent 4 }}
-    {{- include "cutalign.env.secretRef" (dict "name" "CUTALIGN_S3_SECRET_KEY" "secret" $ctx.Values.s3.existingSecret "key" $ctx.Values.s3.secretKeyKey) | nindent 4 }}
+    {{- include "cutalign.env.secrets" (dict "ctx" $ctx "component" "model-sync") | nindent 4 }}
     {{- if $p.existingSecret }}
     {{- include "cutalign.env.secretRef" (dict "name" "CUTALIGN_MODEL_SYNC_API_KEY" "secret" $p.existingSecret "key" $p.apiTokenKey) | nindent 4 }}
     {{- end }}
@@ -62,6 +61,7 @@ Usage: {{- include "cutalign.policy.modelSync" (dict "ctx" $ "follow" false) | n
       mountPath: {{ $ctx.Values.modelSync.modelsDir }}
     - name: tmp
       mountPath: /tmp
+    {{- include "cutalign.tls.volumeMounts" (dict "ctx" $ctx "component" "model-sync") | nindent 4 }}
 {{- end -}}
 
 {{/*
@@ -115,9 +115,7 @@ spec:
   selector:
     matchLabels: {{- include "cutalign.labels.selector" (dict "ctx" $ctx "component" "policy") | nindent 6 }}
   template:
-    metadata:
-      labels: {{- include "cutalign.labels.standard" (dict "ctx" $ctx "component" "policy") | nindent 8 }}
-      annotations: {{- include "cutalign.checksum.config" $ctx | nindent 8 }}
+    metadata: {{- include "cutalign.workload.podMetadata" (dict "ctx" $ctx "component" "policy" "values" $p) | nindent 6 }}
     spec:
       serviceAccountName: {{ include "cutalign.names.serviceAccount" $ctx }}
       automountServiceAccountToken: false
@@ -142,6 +140,10 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: {{ $p.shmSize }}
+        {{- include "cutalign.tls.volumes" (dict "ctx" $ctx "component" "model-sync") | nindent 8 }}
+        {{- with $p.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
 {{- end -}}
 
 {{/*

@@ -1,11 +1,11 @@
 """Upload the release's pipeline to Kubeflow Pipelines, once per distinct file: the chart's upload Job.
 
-``helm install``/``upgrade`` runs ``python -m cutalign.k8s.pipeline_upload --wiring wiring.json --name ...``
+``helm install``/``upgrade`` runs ``python -m cutalign.pipelines.upload --wiring wiring.json --name ...``
 in a Job: it compiles the pipeline with the release's ``PipelineWiring`` (Secrets, CA bundles, resources, run
 defaults; see ``cutalign.pipelines.wiring``) from the package in the image, then uploads it. The first run
 creates the pipeline; every run adds a version named after the compiled file's sha256 unless it exists, so
 an upgrade that changes nothing uploads nothing, a re-run Job is harmless, and ``helm test``
-(``cutalign.k8s.release_check``) can look the release's version up by name. ``--file`` uploads a file
+(``cutalign.pipelines.release_check``) can look the release's version up by name. ``--file`` uploads a file
 compiled elsewhere instead. With ``--schedule CRON`` it also keeps a recurring run of that version (the
 online loop with no one in it: each firing runs the next iteration).
 

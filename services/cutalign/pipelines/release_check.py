@@ -1,11 +1,11 @@
 """``helm test``: every service of the release answers ready, and the release's pipeline version is in KFP.
 
-    python -m cutalign.k8s.release_check --ready http://rel-generator:8080/readyz ... \\
+    python -m cutalign.pipelines.release_check --ready http://rel-generator:8080/readyz ... \\
         --kfp-endpoint http://ml-pipeline.kubeflow:8888 --pipeline cutalign-online-iteration \\
         --wiring /pipeline/wiring.json
 
 The pipeline version is looked up by the name the upload Job gives it (the sha256 of the pipeline compiled
-from the same wiring, ``pipeline_upload.version_name``), so the test fails while the upload has not
+from the same wiring, ``upload.version_name``), so the test fails while the upload has not
 happened, e.g. KFP was down at install time and the Job is still retrying. Every problem is printed before
 the exit status says whether there were any.
 """
@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cutalign.k8s.pipeline_upload import PipelineClient, compiled_for, version_name
+from cutalign.pipelines.upload import PipelineClient, compiled_for, version_name
 
 
 def not_ready(url: str, timeout_s: float) -> str | None:
