@@ -1,4 +1,4 @@
-"""cut_loss against an independent float64 implementation written from the method page's formulas, and
+"""cut_loss against an independent float64 implementation written from the formulas of docs/method.md, and
 against hand-computed values on tiny cases with known probabilities."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cutalign.cut.loss import cut_loss
 torch.set_num_threads(1)
 
 
-# -- an independent implementation: per-token loops over the formulas of method page §3-§4 -----------------
+# -- an independent implementation: per-token loops over the formulas of docs/method.md §3-§4 ----------------
 
 
 def reference_cut(

@@ -2,7 +2,7 @@
 
 The authors trained with micro-batch 1 on each of 8 GPUs: every example's loss is computed alone (its own
 token means, its own "(L1 + L2)/2 if it is a negative") and DDP averages the 8 gradients. Below, that
-computation is re-implemented from the reference code's description (method page §4: the judged row and the
+computation is re-implemented from the reference code's description (docs/method.md §4: the judged row and the
 Misalign row concatenated into ONE forward, probabilities by softmax, NLL of the judged row, the ratio rule on
 detached probabilities, log(1 - p) with 1e-5 added where p == 0), and compared with the trainer's batched
 pieces (tokenizer, collator, objective, ``backward_micro_batch``) on a real model: micro-batch 8 in one

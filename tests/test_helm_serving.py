@@ -26,6 +26,7 @@ REQUIRED = (
     "modelSync.baseModelUri=s3://cutalign/models/base/",
     "policyServer.policyUri=s3://cutalign/models/base/",
     "pipeline.upload.enabled=false",
+    "judge.llm.url=http://judge-llm:8000",
 )
 MODES = {
     "vllm": (),

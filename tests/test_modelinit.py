@@ -1,5 +1,5 @@
 """`cutalign init-model`: a tiny Llama + character tokenizer that the Auto classes load and that tokenizes a
-response identically after the plain and the judgment prompt (method page §2)."""
+response identically after the plain and the judgment prompt (docs/method.md §2)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import pytest
 from cutalign.bus import TypedConsumer, TypedProducer
 from cutalign.config import KafkaSettings, S3Settings
 from cutalign.platform import LocalPlatform, free_port_pair
+from cutalign.platform.local import ProcessInfo
 from cutalign.store import ArtifactStore
 from cutalign.v1 import messages_pb2
 
@@ -103,3 +104,22 @@ def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
         assert not any(c["running"] for c in clashing.status().values())
     finally:
         local.down()
+
+
+def test_a_process_that_ignores_sigterm_is_killed_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker or store that hangs on shutdown must not outlive ``down``: SIGTERM, then SIGKILL."""
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(60)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "up\n"
+    argv = [sys.executable, "-c", code]
+    local = LocalPlatform.ephemeral(tmp_path)
+    with caplog.at_level("WARNING"):
+        local._terminate(ProcessInfo("stubborn", process.pid, argv, True), timeout_s=0.5)
+    assert process.wait(timeout=10) == -9
+    (record,) = [r for r in caplog.records if "did not stop" in r.getMessage()]
+    assert record.__dict__["component"] == "stubborn"

@@ -130,6 +130,7 @@ def rendered(kind: str, *values: str) -> dict[str, Any]:
         "modelSync.baseModelUri=s3://b/models/base/",
         "policyServer.policyUri=s3://b/models/base/",
         "pipeline.upload.enabled=false",
+        "judge.llm.url=http://judge-llm:8000",
     )
     for value in (*defaults, *values):
         args += ["--set", value]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cutalign.platform import LocalPlatform
 from cutalign.store import (
     ArtifactStore,
     ChecksumMismatch,
@@ -70,3 +71,21 @@ def test_shard_keys_derive_from_offsets() -> None:
     key = layout.shard_key(1, "cutalign.judgments", 2, 100, 199)
     assert key == "iterations/0001/shards/cutalign.judgments-002-000000000100-000000000199.jsonl"
     assert layout.shard_manifest_key(key).endswith("000000000199.manifest.json")
+
+
+def test_the_embedded_store_takes_a_bucket_per_run_without_running_out_of_volumes(
+    platform: LocalPlatform, unique_name: str
+) -> None:
+    """Every experiment arm and seed writes into a bucket of its own, and each SeaweedFS bucket is a
+    collection with volumes of its own: sized by free disk (one 1 GB volume per GB), the embedded store
+    refused writes (500, "no free volumes") after some 75 buckets here. A results run (arms x seeds x tasks)
+    makes over a hundred; each bucket must take and give back an object."""
+    buckets = 120
+    stores = [
+        ArtifactStore(platform.s3.model_copy(update={"bucket": f"{unique_name[:40]}-{i}"}))
+        for i in range(buckets)
+    ]
+    for i, bucket in enumerate(stores):
+        bucket.ensure_bucket()
+        bucket.put_bytes("probe.txt", f"bucket {i}".encode())
+    assert [b.get_bytes("probe.txt").decode() for b in stores] == [f"bucket {i}" for i in range(buckets)]

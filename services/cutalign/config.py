@@ -139,8 +139,8 @@ class PolicySettings(BaseSettings):
     stop: list[str] = Field(default_factory=list, description="Stop sequences.")
     template: Literal["auto", "plain", "short", "chat"] = Field(
         "auto",
-        description="Prompt template (method page §2): chat sends messages to the chat route; auto resolves "
-        "with the tokenizer (or the embedded server's /info).",
+        description="Prompt template (docs/method.md §2): chat sends messages to the chat route; auto "
+        "resolves with the tokenizer (or the embedded server's /info).",
     )
     tokenizer: str | None = Field(
         None,
@@ -251,7 +251,7 @@ class JudgeSettings(BaseSettings):
 
 
 class TrainerSettings(BaseSettings):
-    """CUT and baseline training hyperparameters (method page §5)."""
+    """CUT and baseline training hyperparameters (docs/method.md §5)."""
 
     model_config = _section("TRAINER")
 
@@ -310,7 +310,7 @@ class TrainerSettings(BaseSettings):
     seed: int = Field(42, description="Seed of data order, dropout and downsampling.")
     template: Literal["auto", "plain", "short", "chat"] = Field(
         "auto",
-        description="Prompt templates (method page §2; auto: chat if the tokenizer has a chat template).",
+        description="Prompt templates (docs/method.md §2; auto: chat if the tokenizer has a chat template).",
     )
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept (older ones deleted).")
@@ -401,7 +401,7 @@ class FeedbackSettings(BaseSettings):
 
 
 class IterationSettings(BaseSettings):
-    """One online iteration as the pipeline runs it: wait, seal, evaluate, gate, promote (method page §6)."""
+    """One online iteration as the pipeline runs it: wait, seal, evaluate, gate, promote (method.md §6)."""
 
     model_config = _section("ITERATION")
 

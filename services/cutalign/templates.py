@@ -1,7 +1,8 @@
 """Prompt templates and their rendering: the one place a prompt becomes text, chat messages and token ids.
 
 Training, the policy server, the policy client and evaluation must present a prompt identically, or the
-policy is trained on contexts it never sees at inference (method page §2); so every one of them renders here.
+policy is trained on contexts it never sees at inference (docs/method.md §2): every one of them renders
+here.
 
 Templates (``TemplateName``):
 

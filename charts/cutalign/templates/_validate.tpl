@@ -61,6 +61,9 @@ Usage: {{- include "cutalign.validateValues" . }}
 {{- if and (include "cutalign.iteration.builderUrl" .) (not $v.builder.existingSecret) -}}
 {{- $errors = append $errors "builder.existingSecret: name the Secret holding the target builder's seal token (the builder requires it on POST /seal; the pipeline's seal step sends it)" -}}
 {{- end -}}
+{{- if and (eq $v.judge.judge "llm") (not $v.judge.llm.url) -}}
+{{- $errors = append $errors "judge.llm.url: the llm judge (the judge service and the pipeline's evaluation) calls an LLM server: set its base URL, or set judge.judge to your own judge" -}}
+{{- end -}}
 {{- if and $v.feedback.enabled (not $v.feedback.existingSecret) -}}
 {{- $errors = append $errors "feedback.existingSecret: name the Secret holding the bearer token and user-id hash salt" -}}
 {{- end -}}

@@ -12,7 +12,7 @@ and examples within a shard by offset. The Kafka positions of later occurrences 
 to record their lineage; loaders keep the first occurrence of each id (as ``read_sealed_examples`` and
 ``cutalign.cut.examples.load_manifest`` do). ``excluded_sample_ids`` drops every occurrence of an id.
 
-Downsampling (method page §5): keep ``round(align_p_ratio x negatives)`` positives (at most all of them),
+Downsampling (docs/method.md §5): keep ``round(align_p_ratio x negatives)`` positives (at most all of them),
 chosen by ``random.Random(seed).sample`` over the *sorted* positive ids, so the same data and seed always keep
 the same positives, whatever order the shards were written in.
 

@@ -6,11 +6,7 @@ import json
 
 import typer
 
-from cutalign.builder.requests import manifest_summary
-from cutalign.builder.seal import EmptyIteration, seal_iteration
-from cutalign.builder.service import main
 from cutalign.config import BuilderSettings, S3Settings
-from cutalign.store import ArtifactStore
 
 app = typer.Typer(help="Target builder: judgments in, CUT training shards and sealed iterations out.")
 
@@ -18,6 +14,8 @@ app = typer.Typer(help="Target builder: judgments in, CUT training shards and se
 @app.command("run")
 def run_service() -> None:
     """Run the builder service (settings from CUTALIGN_KAFKA_*, _S3_*, _BUILDER_*) until SIGTERM."""
+    from cutalign.builder.service import main
+
     main()
 
 
@@ -34,6 +32,10 @@ def seal(
     Idempotent: an iteration already sealed prints its existing manifest. Seals what is durable now; a
     running builder's buffered judgments for this iteration then arrive late (POST /seal flushes them first).
     """
+    from cutalign.builder.requests import manifest_summary
+    from cutalign.builder.seal import EmptyIteration, seal_iteration
+    from cutalign.store import ArtifactStore
+
     overrides = {k: v for k, v in {"align_p_ratio": align_p_ratio, "seed": seed}.items() if v is not None}
     settings = BuilderSettings().model_copy(update=overrides)  # type: ignore[call-arg]  # from the environment
     store = ArtifactStore(S3Settings())  # type: ignore[call-arg]

@@ -9,8 +9,6 @@ import typer
 import yaml
 
 from cutalign.config import LauncherSettings, S3Settings, TrainerSettings
-from cutalign.k8s.pytorchjob import build_pytorchjob
-from cutalign.k8s.trainjob import build_trainjob
 from cutalign.k8s.validate import (
     DEFAULT_KUBE_VERSION,
     CrdCatalog,
@@ -62,6 +60,9 @@ def job_cmd(
     validate: bool = typer.Option(True, help="Validate against the CRD before printing."),
 ) -> None:
     """Print the PyTorchJob or TrainJob (CUTALIGN_LAUNCHER_BACKEND) of a run, configured by CUTALIGN_* env."""
+    from cutalign.k8s.pytorchjob import build_pytorchjob
+    from cutalign.k8s.trainjob import build_trainjob
+
     launcher = LauncherSettings()  # type: ignore[call-arg]  # values from the environment
     build = build_trainjob if launcher.backend == "trainjob" else build_pytorchjob
     job = build(name, run_args or [], launcher, S3Settings(), TrainerSettings())  # type: ignore[call-arg]

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cutalign.bus import provision_topics
 from cutalign.config import KafkaSettings
-from cutalign.platform import LocalPlatform
+
+if TYPE_CHECKING:
+    from cutalign.platform import LocalPlatform
 
 console = Console()
 
 
 def _platform() -> LocalPlatform:
+    from cutalign.platform import LocalPlatform
+
     return LocalPlatform.from_env()
 
 
 def up() -> None:
     """Start the broker and the S3 store (data persists in CUTALIGN_PLATFORM_DATA_DIR); create topics."""
+    from cutalign.bus import provision_topics
+
     platform = _platform()
     platform.up()
     provision_topics(KafkaSettings(bootstrap_servers=f"127.0.0.1:{platform.settings.kafka_port}"))

@@ -1,4 +1,4 @@
-"""From judged examples to padded tensors: tokenization (method page §2) and micro-batch assembly (§4).
+"""From judged examples to padded tensors: tokenization (docs/method.md §2) and micro-batch assembly (§4).
 
 Tokenization. Each example's prompt (plain and judgment prompt, rendered by ``cutalign.templates``) is
 tokenized alone, exactly as a policy server tokenizes the prompt it continues, and its response alone

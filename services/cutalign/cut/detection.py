@@ -1,4 +1,4 @@
-"""How well the ratio-based detection finds the tokens a judge blames (method page §8).
+"""How well the ratio-based detection finds the tokens a judge blames (docs/method.md §8).
 
 CUT's unlikelihood set U is chosen by ``p(y_t | x, j) / p(y_t | x) > λ``. That rule assumes the model reads
 judgments well; a tiny model often does not, and then U misses the wrong token and flags correct ones. When

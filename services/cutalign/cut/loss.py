@@ -1,4 +1,4 @@
-"""The CUT loss (method page §3-§4): MLE on judgment-aligned rows, unlikelihood on tokens a judgment blames.
+"""The CUT loss (docs/method.md §3-§4): MLE on judgment-aligned rows, unlikelihood on blamed tokens.
 
 Rows and tokens (HF convention: the logits at position t predict the label at t+1; label -100 = no loss):
 

@@ -1,7 +1,7 @@
 """Loading the policy to train: any Hugging Face causal-LM directory, or one this project wrote to S3.
 
-LoRA (default, method page §5: r=16, alpha=16, dropout 0.05 on the MLP projections) trains a small adapter and
-keeps the base frozen, so the merged result is the next iteration's base. Which modules are "the MLP
+LoRA (default, docs/method.md §5: r=16, alpha=16, dropout 0.05 on the MLP projections) trains a small adapter
+and keeps the base frozen, so the merged result is the next iteration's base. Which modules are "the MLP
 projections" depends on the architecture — ``gate_proj``/``up_proj``/``down_proj`` in Llama, Qwen2, Mistral
 and Gemma2, a fused ``gate_up_proj`` in Phi3, ``c_fc``/``c_proj`` (Conv1D) in GPT-2 — so targets are chosen by
 a preset (``lora_targets``: ``mlp``, ``attention``, ``all-linear``) resolved against the model's own modules;

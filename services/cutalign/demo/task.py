@@ -1,6 +1,6 @@
 """The demo task: "Count from 37 to 52." -> "37 38 39 ... 52", judged by :class:`CountingJudge`.
 
-Why counting (method page §8): a tiny model's responses to it are *mostly right with local errors* (a
+Why counting (docs/method.md §8): a tiny model's responses to it are *mostly right with local errors* (a
 skipped, repeated or wrong number, an early stop), so a judgment can name the one wrong token and CUT's
 detection can be checked against its known position. Responses stay short (5-14 numbers below 100, at most
 41 characters), which a character-level model of about a million parameters learns on two CPU cores.
@@ -10,7 +10,7 @@ takes, whose extra fields (``start``/``end``) reach the judge as ``reference``. 
 disjoint from the training prompts by (start, end) pair, and everything is a function of the seed.
 
 Warm start: a from-scratch model must first learn the task *and* to read judgments, or CUT's detection
-fails (method page §8). Greedy decoding follows the most likely token, so errors sprinkled at random places
+fails (docs/method.md §8). Greedy decoding follows the most likely token, so errors sprinkled at random places
 in the training data do not make a trained model err (measured: 30% of examples corrupted at random places,
 99% eval accuracy). The policy's mistakes must be *habits*: :func:`make_habits` picks ``n_habits`` numbers
 (seeded), each with a fixed mistake ("after 47, say 49"), and :func:`warm_start_examples` mixes

@@ -1,5 +1,5 @@
-"""One online iteration (method page §6) as plain functions: the KFP components, the demo and ``cutalign run``
-all call these, so the pipeline and the laptop run the same code.
+"""One online iteration (docs/method.md §6) as plain functions: the KFP components, the demo and
+``cutalign run`` all call these, so the pipeline and the laptop run the same code.
 
 =====================  ======================================================  ==========================
 step                   function                                                module

@@ -1,6 +1,6 @@
 """The objectives an online run can train, as named ``TrainerSettings`` overrides ("arms").
 
-Presets (method page §4-§5 and issue 8's detection options); every arm trains the same number of steps on
+Presets (docs/method.md §4-§5 and issue 8's detection options); every arm trains the same number of steps on
 the same judged responses, and differs only in these fields:
 
 * ``sft``           — SFT on positives only (rejection-sampling fine-tuning): the baseline to beat;

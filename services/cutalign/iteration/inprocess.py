@@ -61,7 +61,7 @@ class Loop:
 
     trainer: TrainerSettings
     align_p_ratio: float | None  # None keeps every positive
-    gate_tolerance: float = 1.0  # the method promotes every iteration (method page §6)
+    gate_tolerance: float = 1.0  # the method promotes every iteration (docs/method.md §6)
     model_id: str = "cutalign-policy"
 
 

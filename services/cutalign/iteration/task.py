@@ -5,7 +5,7 @@ the services and the KFP pipeline (``cutalign.online``) — take a :class:`Task`
 implements it in code (``cutalign.demo.task.CountingTask``); a user's task is :class:`FileTask`, two JSONL
 files and a judge plug-in. Nothing else about a task is known to the loop.
 
-Each iteration gets *fresh* prompts (method page §6: never reused): :func:`fresh_prompt_sets` cuts disjoint
+Each iteration gets *fresh* prompts (docs/method.md §6: never reused): :func:`fresh_prompt_sets` cuts disjoint
 slices from a seeded shuffle of the pool, so a seed fixes every iteration's prompts for every objective.
 """
 

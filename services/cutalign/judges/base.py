@@ -10,7 +10,7 @@ A judge is **any class** with a method
   or the ``reference_json`` of a ``Prompt`` message), or ``None`` when the prompt has none.
 
 It returns either a :class:`Judgment` or a ``(text, positive)`` tuple. ``positive`` means the response needs
-no change (method page §1); a negative judgment must say in words what is wrong, because CUT conditions the
+no change (docs/method.md §1); a negative judgment must say in words what is wrong, because CUT conditions the
 response on that text (Align-N) and then blames the tokens whose probability the text raises. Judges may
 raise on a failed call (a network error, an unusable reference): the caller retries and dead-letters, and a
 failure never becomes a training example (the reference data's ``$ERROR$`` judgments are the defect this
@@ -40,7 +40,7 @@ class Judgment:
     """One judgment of one response (the in-process result; the wire format is ``cutalign.v1.Judgment``).
 
     ``error_spans`` are spans ``[start, end)`` of the response, in Unicode code points, that the judge blames,
-    so detection can be measured against known error positions (method page §8). A zero-width span at
+    so detection can be measured against known error positions (docs/method.md §8). A zero-width span at
     ``len(response)`` blames the end of the response itself, i.e. the model stopped where it should have gone
     on (the end-of-sequence token is the wrong one, and it has no characters); anywhere else a span is
     non-empty. The rule is :func:`cutalign.checks.span_problem`, shared with the target builder.

@@ -1,6 +1,6 @@
 """An LLM as the judge: the paper's judging prompt, against any TGI / OpenAI-compatible endpoint.
 
-The default prompt is the one the paper gave GPT-4 (method page §6), verbatim: the system part
+The default prompt is the one the paper gave GPT-4 (docs/method.md §6), verbatim: the system part
 
     Below is an instruction that describes a task and a potential response. Evaluate the response and provide
     valuable judgments to the response. If the response is perfect, please only reply with 'perfect'.

@@ -1,6 +1,6 @@
 """Deterministic judges for verifiable tasks: they name the wrong part, what was expected, and where it is.
 
-CUT on a small model only works when the judgment pins the error down (method page §8): the
+CUT on a small model only works when the judgment pins the error down (docs/method.md §8): the
 judgment-conditioned model must find the blamed token far more likely than the plain model does, and no other
 token. So a judgment names the position, what the response says there and what it should say; each distinct
 kind of mistake has its own wording, so the judgment also tells how the response goes on after it; and the

@@ -1,4 +1,4 @@
-"""Run N online iterations in sequence, each starting from the last promoted policy (method page §6).
+"""Run N online iterations in sequence, each starting from the last promoted policy (docs/method.md §6).
 
     python -m cutalign.pipelines.driver --iterations 3 --first-iteration 1 \\
         --prompts 's3://cutalign/data/prompts-{iteration}.jsonl' --eval s3://cutalign/data/eval.jsonl \\

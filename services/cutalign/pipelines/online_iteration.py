@@ -1,4 +1,4 @@
-"""The online iteration as a Kubeflow Pipelines v2 pipeline (method page §6): one run = one iteration.
+"""The online iteration as a Kubeflow Pipelines v2 pipeline (docs/method.md §6): one run = one iteration.
 
     [exit handler: release-training-jobs]
         plan-iteration -> publish-prompts -> wait-for-judging -> seal-iteration -> train-policy

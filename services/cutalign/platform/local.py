@@ -274,7 +274,9 @@ class LocalPlatform:
             if not _is_our_process(info.pid, info.argv):
                 return
             time.sleep(0.05)
-        log.warning("process did not stop on SIGTERM; killing", extra={"name": info.name, "pid": info.pid})
+        log.warning(
+            "process did not stop on SIGTERM; killing", extra={"component": info.name, "pid": info.pid}
+        )
         os.kill(info.pid, signal.SIGKILL)
 
     def _remove_stray_sockets(self) -> None:

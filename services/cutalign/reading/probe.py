@@ -1,6 +1,6 @@
 """What CUT will see on a task, measured before training: ``cutalign probe`` (and the first step of a run).
 
-CUT learns from two things the task must supply (method page §1-§3):
+CUT learns from two things the task must supply (docs/method.md §1-§3):
 
 * **both polarities**: positives for Align-P and negatives for Align-N/Misalign. The probe samples the model's
   greedy responses to the task's prompts, judges them, and reports the *positive rate*. At 0 there is nothing

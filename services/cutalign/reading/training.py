@@ -1,8 +1,8 @@
 """Warm starts: supervised training on plain examples and judgment-conditioned ("judged") examples.
 
-Why (method page §8): CUT assumes a policy that does the task fairly well and *reads judgments* — a judgment
-of a response must make that response's blamed tokens more likely than the plain prompt does. A model that
-never saw a judgment prompt does not. A warm start teaches it: plain examples (the task under the plain
+Why (docs/method.md §8): CUT assumes a policy that does the task fairly well and *reads judgments* — a
+judgment of a response must make that response's blamed tokens more likely than the plain prompt does. A model
+that never saw a judgment prompt does not. A warm start teaches it: plain examples (the task under the plain
 prompt) and judged examples (a judgment, then the very response it describes). The demo builds such data by
 hand for counting (``cutalign.demo.task.warm_start_examples``); ``cutalign.reading.examples`` builds it for
 any task from the model's own samples and the task's judge.
