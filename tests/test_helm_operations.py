@@ -334,6 +334,29 @@ def test_extra_env_volumes_and_pod_metadata_per_component() -> None:
     assert all(e["name"] != "HTTPS_PROXY" for e in generator["env"])  # per component
 
 
+def test_the_vllm_pod_takes_the_same_per_component_additions() -> None:
+    extras = {
+        "policy.extraEnv[0].name": "HTTPS_PROXY",
+        "policy.extraEnv[0].value": "http://proxy:3128",
+        "policy.extraVolumes[0].name": "cache",
+        "policy.extraVolumes[0].emptyDir.medium": "Memory",
+        "policy.extraVolumeMounts[0].name": "cache",
+        "policy.extraVolumeMounts[0].mountPath": "/cache",
+        "policy.podAnnotations.team": "ml",
+        "policy.podLabels.tier": "serving",
+    }
+    args = [a for key, value in extras.items() for a in ("--set", f"{key}={value}")]
+    policy = deployment(render(CHART, "-f", str(PRODUCTION), *args), "policy")
+    pod = policy["spec"]["template"]
+    (vllm, sidecar) = pod["spec"]["containers"]
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in vllm["env"]
+    assert {"name": "cache", "mountPath": "/cache"} in vllm["volumeMounts"]
+    assert {"name": "cache", "emptyDir": {"medium": "Memory"}} in pod["spec"]["volumes"]
+    assert pod["metadata"]["annotations"]["team"] == "ml" and pod["metadata"]["labels"]["tier"] == "serving"
+    assert pod["metadata"]["annotations"]["checksum/config"]
+    assert all(e["name"] != "HTTPS_PROXY" for e in sidecar["env"]), "the server's, not the model sync's"
+
+
 def test_pod_disruption_budgets_select_each_service(production: list[dict[str, Any]]) -> None:
     pdbs = {
         o["metadata"]["name"].removeprefix("rel-cutalign-"): o

@@ -192,6 +192,12 @@ Usage: {{ include "cutalign.policy.vllmContainer" . }}
     {{- if $p.existingSecret }}
     {{- include "cutalign.env.secretRef" (dict "name" "VLLM_API_KEY" "secret" $p.existingSecret "key" $p.apiTokenKey) | nindent 4 }}
     {{- end }}
+    {{- with $p.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $p.extraEnvFrom }}
+  envFrom: {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- include "cutalign.policy.serverProbes" . | nindent 2 }}
   resources: {{- include "cutalign.resources.withGpus" (dict "resources" $p.resources "gpus" $p.gpus) | nindent 4 }}
   securityContext: {{- toYaml .Values.containerSecurityContext | nindent 4 }}
@@ -203,6 +209,9 @@ Usage: {{ include "cutalign.policy.vllmContainer" . }}
       mountPath: /tmp
     - name: dshm
       mountPath: /dev/shm
+    {{- with $p.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{/*
@@ -236,6 +245,12 @@ Usage: {{ include "cutalign.policy.tgiContainer" . }}
       value: /tmp/hf
     - name: HF_HUB_OFFLINE  # weights come from the models volume only
       value: "1"
+    {{- with $p.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $p.extraEnvFrom }}
+  envFrom: {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- include "cutalign.policy.serverProbes" . | nindent 2 }}
   resources: {{- include "cutalign.resources.withGpus" (dict "resources" $p.resources "gpus" $p.gpus) | nindent 4 }}
   securityContext: {{- toYaml .Values.containerSecurityContext | nindent 4 }}
@@ -246,4 +261,7 @@ Usage: {{ include "cutalign.policy.tgiContainer" . }}
       mountPath: /tmp
     - name: dshm
       mountPath: /dev/shm
+    {{- with $p.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
