@@ -388,13 +388,16 @@ def test_monitors_alerts_and_dashboard_use_metrics_the_services_export(
     production: list[dict[str, Any]],
 ) -> None:
     monitor = find(production, "PodMonitor")
-    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": port, "path": "/metrics", "interval": "30s"} for port in ("http", "sync")
+    ]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     rule = find(production, "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(alerts) == {
         "CutalignDeadLetterRate",
         "CutalignPolicyVersionRefusals",
+        "CutalignServedReleaseMismatch",
         "CutalignBuilderLag",
         "CutalignFeedback5xx",
     }
