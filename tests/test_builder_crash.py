@@ -27,7 +27,7 @@ from cutalign.config import BuilderSettings, KafkaSettings
 from cutalign.store import ArtifactStore
 from cutalign.v1 import messages_pb2
 
-ENTRY = Path(__file__).resolve().parents[1] / "services" / "target-builder" / "main.py"
+ENTRY = ["-m", "cutalign.builder.service"]  # the image's command (python -m), as the chart runs it
 TOTAL, VALID, DUPLICATES = 10_000, 8_500, 1_000
 INVALID_KINDS = {
     "error": "error_judgment",
@@ -91,7 +91,7 @@ def _wait_ready(port: int, proc: subprocess.Popen, log: Path) -> None:
 
 def _builder(env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as sink:
-        return subprocess.Popen([sys.executable, str(ENTRY)], env=env, stderr=sink, stdout=sink)
+        return subprocess.Popen([sys.executable, *ENTRY], env=env, stderr=sink, stdout=sink)
 
 
 @pytest.mark.slow

@@ -119,7 +119,7 @@ def test_the_warm_start_makes_a_model_read_judgments_on_prompts_it_never_saw(
     class Counting:
         name, judge, judge_options, decoding = "counting", "counting", {}, decoded
 
-    reading = ReadingSettings(samples_per_prompt=3)
+    reading = ReadingSettings(samples_per_prompt=3, temperature=1.0)  # diverse samples of a random model
     training = WarmStartSettings(epochs=6, learning_rate=3e-3)
     data = reading_warm_start(
         base, Counting(), train_on, tmp_path / "read", reading=reading, training=training

@@ -431,7 +431,8 @@ def test_a_lora_release_is_loaded_into_the_running_vllm_without_a_restart(
         assert vllm.adapters[name].endswith(f"adapters/{name}") and guard.check().iteration == 1
         with guard.client as client:
             assert client.complete(PROMPT).text == f"[{name}]"
-        assert vllm.requests[-1] == ("/v1/chat/completions", name), "requested by its release id"
+        # the release id is the model requested (the plain template: the completions route)
+        assert vllm.requests[-1] == ("/v1/completions", name)
 
         # two more promotions, now with the sidecar running and the chart's Deployment (1 replica) in the
         # stand-in Kubernetes API: each promotion returns once the pod reports serving it; the oldest adapter
