@@ -175,11 +175,12 @@ class Soak:
             "CUTALIGN_POLICY_MAX_NEW_TOKENS": "8",
         }
         kind = name.split("-")[0]
-        module = {
+        module = {  # what the images run (python -m)
             "generator": "cutalign.generator.service",
             "judge": "cutalign.judging.service",
+            "builder": "cutalign.builder.service",
             "feedback": "cutalign.feedback.app",
-        }.get(kind, "")
+        }[kind]
         env |= {
             "generator": {
                 "CUTALIGN_GENERATOR_HTTP_PORT": str(port),
@@ -213,10 +214,7 @@ class Soak:
                 "CUTALIGN_FEEDBACK_POLICY_REFRESH_S": "5",
             },
         }[kind]
-        # what the images run (the builder's module has no __main__: its entry is services/target-builder)
-        entry = Path(__file__).parents[1] / "services" / "target-builder" / "main.py"
-        argv = [sys.executable, str(entry)] if kind == "builder" else [sys.executable, "-m", module]
-        return Service(name, argv, env, port, self.root / f"{name}.log")
+        return Service(name, [sys.executable, "-m", module], env, port, self.root / f"{name}.log")
 
     # -- the stream and the faults ---------------------------------------------------------------------------
 
@@ -512,8 +510,16 @@ class Soak:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}; logs in {self.root}")
+                raise RuntimeError(f"timed out waiting for {what}:\n{self._log_tails()}")
             time.sleep(0.5)
+
+    def _log_tails(self) -> str:
+        """The end of each service's log (the run's directory is removed when the soak exits)."""
+        return "\n".join(
+            f"--- {name}\n{s.log_path.read_text(errors='replace')[-1500:]}"
+            for name, s in getattr(self, "services", {}).items()
+            if s.log_path.exists()
+        )
 
 
 def main() -> int:

@@ -9,9 +9,10 @@ training and the policy server's hot reload. Stand-ins, named as such:
 
 * **Kubernetes API + Training Operator**: ``kube_standin.KubernetesStandIn`` (creates, lists, deletes
   PyTorchJobs and runs the Master's container as a local process).
-* **The policy server**: the production profile serves with TGI, which cannot run here; the release is
-  rendered with ``policy.mode=embedded`` so the policy Deployment is cutalign's embedded server (the serving
-  side has vLLM/TGI stand-ins of its own).
+* **The policy server**: the production profile serves with vLLM, which cannot run here and whose stand-in
+  runs no model; the release is rendered with ``policy.mode=embedded`` so the policy Deployment is
+  cutalign's embedded server (the production vLLM pod runs from its rendered containers in
+  ``test_release_vllm_pod.py``).
 * **The LLM judge**: its model cannot run here; ``judge.judge=counting`` judges the counting task instead.
 * **GPUs**: none here: ``launcher.gpusPerNode=0`` and one training process per node.
 * **Kafka SASL_SSL and S3 TLS**: the rendered settings are checked (SASL user and password, CA paths) before
