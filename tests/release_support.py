@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cutalign.bus import provision_topics
+from cutalign.config import KafkaSettings
 from cutalign.platform import LocalPlatform
 from cutalign.policy.launcher import free_port
 
@@ -314,3 +316,12 @@ def local_rewrites(platform: LocalPlatform, policy_url: str = "") -> Rewrites:
             **({"CUTALIGN_POLICY_URL": policy_url} if policy_url else {}),
         }
     )
+
+
+def release_topics(platform: LocalPlatform, name: str, partitions: int) -> dict[str, str]:
+    """Topics of a test release (``<name>.prompts`` ...), created on the local broker; returns the chart's
+    ``kafka.topic*`` values naming them."""
+    kinds = ("prompts", "samples", "judgments", "deadletter")
+    kafka = platform.kafka_settings.model_copy(update={f"topic_{t}": f"{name}.{t}" for t in kinds})
+    provision_topics(KafkaSettings(**{**kafka.model_dump(), "partitions": partitions}))
+    return {f"topic{t.title()}": f"{name}.{t}" for t in kinds}

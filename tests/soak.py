@@ -60,6 +60,9 @@ log = logging.getLogger("soak")
 TOKEN, ADMIN, SALT = "soak-feedback-token", "soak-builder-admin-token", "soak-salt-0123456789abcdef"
 MAX_TEXT_BYTES = 64 * 1024
 SERVICES = ("generator", "judge-a", "judge-b", "builder-a", "builder-b", "feedback")
+# re-sent prompts are among the last RESEND_REACH sent (about one iteration here): within the builder's
+# dedupe window of sealed iterations (builder.dedupe_iterations); a re-send older than that trains again
+RESEND_REACH = 500
 
 
 @dataclass
@@ -296,7 +299,7 @@ class Soak:
             raw.poll(0)
             self.ledger.invalid[key] = "raw message"
         elif roll < 0.16 and n > 10:
-            again = self.rng.randrange(n)
+            again = self.rng.randrange(max(0, n - RESEND_REACH), n)  # a producer retrying a recent prompt
             sends.append((prompts_topic, self._prompt(f"v-{again}"), f"v-{again}"))
             self.ledger.duplicates += 1
         for topic, message, key in sends:

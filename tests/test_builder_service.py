@@ -214,3 +214,29 @@ def test_a_builder_joining_mid_stream_takes_partitions_over_exactly_once(
     assert first.stats.examples + second.stats.examples == 500, "each judgment built once"
     assert sorted(_sealed_ids(store, 1)) == sorted(f"p{i}#0" for i in range(500))
     assert sum(summary["counts_before_downsampling"].values()) == 500
+
+
+def test_a_sample_sealed_in_an_earlier_iteration_is_not_trained_on_again(
+    kafka_settings: KafkaSettings, s3_settings: S3Settings, store: ArtifactStore, unique_name: str
+) -> None:
+    """A prompt its producer re-sent after iteration 1 was sealed comes back, through a restarted generator
+    that no longer remembers it, as the same sample id in iteration 2: a duplicate, as within an iteration —
+    for the ``dedupe_iterations`` sealed iterations before the open one."""
+    provision_topics(kafka_settings)
+    topic = kafka_settings.topic_judgments
+    settings = builder_settings(unique_name, align_p_ratio=10.0)
+    with TypedProducer(kafka_settings, service="test") as producer:
+        for i in range(10):
+            producer.send(topic, judgment(i, positive=i % 2 == 0), key=f"p{i}#0")
+    with running_builder(kafka_settings, s3_settings, settings, store) as builder:
+        wait_committed(kafka_settings, unique_name, 10)
+        seal_http(builder, 1)
+        with TypedProducer(kafka_settings, service="test") as producer:
+            for i in range(5, 15):  # p5..p9 again (now for iteration 2), p10..p14 new
+                producer.send(topic, judgment(i, positive=i % 2 == 0, iteration=2), key=f"p{i}#0")
+        wait_committed(kafka_settings, unique_name, 20)
+        seal_http(builder, 2)
+        stats = builder.stats
+    assert sorted(_sealed_ids(store, 1)) == sorted(f"p{i}#0" for i in range(10))
+    assert sorted(_sealed_ids(store, 2)) == sorted(f"p{i}#0" for i in range(10, 15))
+    assert stats.duplicates == 5

@@ -30,8 +30,6 @@ from typing import Any
 import pytest
 import yaml
 
-from cutalign.bus import provision_topics
-from cutalign.config import KafkaSettings
 from cutalign.demo.task import CountingTask
 from cutalign.pipelines.compile import compile_pipeline
 from cutalign.pipelines.wiring import PipelineWiring
@@ -43,7 +41,14 @@ from cutalign.v1 import training_pb2
 from helm_support import CHART, HELM, find, render
 from kube_standin import KubernetesStandIn
 from policy_support import http_json, tiny_policy
-from release_support import Cluster, LocalRelease, installed_secrets, local_rewrites, task_environment
+from release_support import (
+    Cluster,
+    LocalRelease,
+    installed_secrets,
+    local_rewrites,
+    release_topics,
+    task_environment,
+)
 from tls_support import make_ca_and_server_cert
 
 pytestmark = [
@@ -65,12 +70,12 @@ class Run:
     iterations: list[int]
 
 
-def overlay(name: str, bucket: str, base: str) -> dict[str, Any]:
+def overlay(name: str, bucket: str, base: str, topics: dict[str, str]) -> dict[str, Any]:
     """Test-scoped values on top of the production profile (names, the stand-ins, tiny sizes)."""
     return {
         "s3": {"bucket": bucket},
         "kafka": {
-            **{f"topic{t.title()}": f"{name}.{t}" for t in ("prompts", "samples", "judgments", "deadletter")},
+            **topics,
             "sessionTimeoutMs": 6000,  # the local broker holds a first JoinGroup for session/2
             "heartbeatIntervalMs": 2000,
         },
@@ -145,11 +150,7 @@ def run(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> It
         ("data/eval.jsonl", task.eval_prompts()[:EVAL]),
     ):
         store.put_bytes(key, "".join(json.dumps(r) + "\n" for r in rows).encode())
-    values = overlay(name, name, base)
-    kafka = platform.kafka_settings.model_copy(
-        update={f"topic_{t}": f"{name}.{t}" for t in ("prompts", "samples", "judgments", "deadletter")}
-    )
-    provision_topics(KafkaSettings(**{**kafka.model_dump(), "partitions": 2}))
+    values = overlay(name, name, base, release_topics(platform, name, partitions=2))
     (work / "overlay.yaml").write_text(yaml.safe_dump(values))
     objs = render(CHART, "-f", str(CHART / "ci" / "production-values.yaml"), "-f", str(work / "overlay.yaml"))
     ca_pem = make_ca_and_server_cert(work)[0].read_text()

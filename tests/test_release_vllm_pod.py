@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cutalign.bus import provision_topics
-from cutalign.config import IterationSettings, KafkaSettings, ModelSyncSettings, PolicySettings
+from cutalign.config import IterationSettings, ModelSyncSettings, PolicySettings
 from cutalign.generator.guard import VersionGuard
 from cutalign.iteration.promote import publish_release
 from cutalign.platform import LocalPlatform
@@ -49,6 +48,7 @@ from release_support import (
     local_command,
     local_rewrites,
     mounted_paths,
+    release_topics,
 )
 from serving_standins import VLLMStandIn
 from tls_support import make_ca_and_server_cert
@@ -105,7 +105,7 @@ def pod(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> It
     store.ensure_bucket()
     base_dir = tiny_policy(work / "base")
     store.upload_dir("models/base/", base_dir)
-    topics = {f"topic{t.title()}": f"{name}.{t}" for t in ("prompts", "samples", "judgments", "deadletter")}
+    topics = release_topics(platform, name, partitions=1)
     overlay = {
         "s3": {"bucket": name},
         "kafka": {**topics, "sessionTimeoutMs": 6000, "heartbeatIntervalMs": 2000},
@@ -114,10 +114,6 @@ def pod(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> It
     }
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     objs = render(CHART, "-f", str(CHART / "ci" / "production-values.yaml"), "-f", str(work / "overlay.yaml"))
-    kafka = platform.kafka_settings.model_copy(
-        update={f"topic_{t}": f"{name}.{t}" for t in ("prompts", "samples", "judgments", "deadletter")}
-    )
-    provision_topics(KafkaSettings(**{**kafka.model_dump(), "partitions": 1}))
     ca_pem = make_ca_and_server_cert(work)[0].read_text()
     secrets = installed_secrets(platform, ca_pem)
     cluster = Cluster.of(

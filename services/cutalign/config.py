@@ -354,6 +354,12 @@ class BuilderSettings(BaseSettings):
     late_policy: Literal["next", "deadletter"] = Field(
         "deadletter", description="Judgments for sealed iterations."
     )
+    dedupe_iterations: int = Field(
+        3,
+        ge=0,
+        description="Sealed iterations before the open one whose sample ids are duplicates in it too (a "
+        "prompt re-sent after its iteration was sealed is not trained on twice).",
+    )
     http_port: int = Field(8090, ge=0, description="Health, metrics and the seal endpoint.")
     http_host: str = Field("0.0.0.0", description="Address of the HTTP port (127.0.0.1 for local runs).")
     admin_token: SecretStr | None = Field(

@@ -4,8 +4,11 @@ The truth about what was built is what the store holds, because that is what sur
 iteration, the examples of every shard whose manifest is published (a shard without a manifest was never
 published and is ignored); for a sealed iteration, the shards its ``IterationManifest`` lists (a shard written
 after the seal is not part of it). A judgment redelivered after a crash — or re-sent by its producer — is a
-duplicate iff its sample id is in that set. The ledger reads each shard once and then only adds what this
-builder publishes; ``refresh`` picks up shards other builders published (after a partition handover).
+duplicate iff its sample id is in that set — or in one of the last ``builder.dedupe_iterations`` sealed
+iterations: a prompt re-sent by its producer after its iteration was sealed comes back as the same sample id
+in the open iteration (a restarted generator no longer remembers it), and must not be trained on twice. The
+ledger reads each shard once and then only adds what this builder publishes; ``refresh`` picks up shards
+other builders published (after a partition handover).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from cutalign.builder.shards import list_shard_manifests, read_shard
-from cutalign.store import ArtifactStore, layout
+from cutalign.store import ArtifactStore, ObjectMissing, layout
 from cutalign.v1 import training_pb2
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class Ledger:
         self._open: dict[int, _Iteration] = {}
         self._sealed: dict[int, set[str]] = {}
         self._manifests: dict[int, training_pb2.IterationManifest] = {}
+        self._recent: dict[tuple[int, int], set[str]] = {}  # (iteration, window) -> ids, until a seal
 
     # -- the open iteration --------------------------------------------------------------------------------
 
@@ -83,8 +87,22 @@ class Ledger:
             }
         return self._sealed[iteration]
 
+    def recently_sealed_ids(self, iteration: int, window: int) -> set[str]:
+        """The sample ids of the ``window`` sealed iterations before ``iteration`` (those that exist)."""
+        key = (iteration, window)
+        if key not in self._recent:
+            ids: set[str] = set()
+            for earlier in range(max(1, iteration - window), iteration):
+                try:
+                    ids |= self.sealed_ids(earlier)
+                except ObjectMissing:  # never sealed (the builder started at a later iteration)
+                    continue
+            self._recent[key] = ids
+        return self._recent[key]
+
     def sealed(self, iteration: int, manifest: training_pb2.IterationManifest) -> None:
         """``iteration`` was sealed: from now on its truth is ``manifest``, not the shards directory."""
         self._open.pop(iteration, None)
         self._sealed.pop(iteration, None)
+        self._recent.clear()
         self._manifests[iteration] = manifest

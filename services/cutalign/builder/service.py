@@ -7,9 +7,10 @@ rather than a produce. Kafka delivers at least once; the effect is exactly once 
    when no example is buffered: every buffer has been published as a shard *and* its manifest. A crash before
    the commit redelivers those judgments.
 2. **Deduplicate against the store.** A judgment whose sample id already has an example in a published shard
-   of its iteration (see ``ledger``) is a duplicate and skipped — whether it was redelivered after a crash or
-   re-sent by its producer. The ledger is rebuilt from the store at start-up and refreshed after a partition
-   handover, so this holds across restarts and builders.
+   of its iteration, or in one of the ``dedupe_iterations`` sealed before it (see ``ledger``), is a duplicate
+   and skipped — whether it was redelivered after a crash or re-sent by its producer. The ledger is rebuilt
+   from the store at start-up and refreshed after a partition handover, so this holds across restarts and
+   builders.
 3. **Deterministic, immutable shards.** A shard's key and bytes derive from its topic-partition and offsets
    (``shards``), and the iteration manifest resolves any overlap left by a crash: first occurrence wins.
 
@@ -234,7 +235,8 @@ class TargetBuilder:
 
     def _buffer(self, item: _Item) -> None:
         sample_id = item.example.sample_id
-        if sample_id in self._buffered_ids or sample_id in self.ledger.ids(self.open):
+        recent = self.ledger.recently_sealed_ids(self.open, self.settings.dedupe_iterations)
+        if sample_id in self._buffered_ids or sample_id in self.ledger.ids(self.open) or sample_id in recent:
             self._duplicate(item.example)
             return
         position = (item.envelope.topic, item.envelope.partition)
