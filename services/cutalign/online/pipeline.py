@@ -18,6 +18,7 @@ import io
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,10 @@ def run_pipeline(
         submit = local_submitter(str(work_dir / "kfp"))
         for iteration in range(1, len(prompt_sets) + 1):
             clock = TaskClock(log_file, None if on_task is None else functools.partial(on_task, iteration))
-            with contextlib.redirect_stdout(clock):  # the local runner prints each task's output
+            with contextlib.redirect_stdout(clock), warnings.catch_warnings():  # the tasks' output is logged
+                # the steps' cluster resources (CPU, memory, GPUs) mean nothing to the local runner, which
+                # warns of each on every task
+                warnings.filterwarnings("ignore", r"Task '.*': settings .* have no effect", UserWarning)
                 try:
                     run_iterations(
                         stack.store,
