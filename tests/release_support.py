@@ -27,6 +27,7 @@ from cutalign.bus import provision_topics
 from cutalign.config import KafkaSettings
 from cutalign.platform import LocalPlatform
 from cutalign.policy.launcher import free_port
+from tls_support import make_ca_and_server_cert
 
 ROOT = Path(__file__).resolve().parents[1]
 Secrets = Mapping[str, Mapping[str, str]]  # Secret name -> key -> value (what `kubectl create secret` made)
@@ -300,6 +301,18 @@ def installed_secrets(platform: LocalPlatform, ca_pem: str) -> dict[str, dict[st
         "cutalign-builder": {"admin-token": "e2e-builder-token"},
         **kafka_users,
     }
+
+
+def installed_cluster(objs: list[dict[str, Any]], platform: LocalPlatform, work_dir: Path) -> Cluster:
+    """The API server's view of an install that followed the chart README: the rendered ConfigMaps, the
+    operator's Secrets (``installed_secrets``, with a private CA) and the cluster's ``kube-root-ca.crt``."""
+    ca_pem = make_ca_and_server_cert(work_dir)[0].read_text()
+    return Cluster.of(
+        objs,
+        installed_secrets(platform, ca_pem),
+        work_dir / "volumes",
+        config_maps={"kube-root-ca.crt": {"ca.crt": ca_pem}},
+    )
 
 
 def local_rewrites(platform: LocalPlatform, policy_url: str = "") -> Rewrites:

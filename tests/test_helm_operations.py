@@ -272,7 +272,7 @@ def test_the_upload_job_keeps_the_recurring_run_of_the_online_loop(production: l
     assert not [a for a in upload["command"] if a.startswith("--schedule")]
 
 
-def test_kserve_profile_promotes_through_the_inference_service(tmp_path: Path) -> None:
+def test_kserve_profile_promotes_through_the_inference_service() -> None:
     """KServe serves what the InferenceService's storage URI names: the promote step patches it (no hot reload
     through the server's admin API), and training and evaluation get the profile's GPUs."""
     objs = render(CHART, "-f", str(CHART / "ci" / "kserve-values.yaml"))
@@ -285,6 +285,8 @@ def test_kserve_profile_promotes_through_the_inference_service(tmp_path: Path) -
         steps["CUTALIGN_ITERATION_POLICY_RESOURCE"]
         == find(objs, "InferenceService", "-policy")["metadata"]["name"]
     )
+    assert wiring.policy_admin is not None
+    assert wiring.policy_admin.keys == {"admin-token": "CUTALIGN_ITERATION_POLICY_ADMIN_TOKEN"}
     assert wiring.builder_admin is not None
     assert wiring.builder_admin.keys == {"admin-token": "CUTALIGN_ITERATION_BUILDER_ADMIN_TOKEN"}
     assert (wiring.defaults["launcher"], wiring.defaults["gpus"], wiring.evaluate.gpus) == ("trainjob", 4, 1)

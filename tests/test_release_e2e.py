@@ -42,14 +42,12 @@ from helm_support import CHART, HELM, find, render
 from kube_standin import KubernetesStandIn
 from policy_support import http_json, tiny_policy
 from release_support import (
-    Cluster,
     LocalRelease,
-    installed_secrets,
+    installed_cluster,
     local_rewrites,
     release_topics,
     task_environment,
 )
-from tls_support import make_ca_and_server_cert
 
 pytestmark = [
     pytest.mark.slow,
@@ -153,11 +151,7 @@ def run(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> It
     values = overlay(name, name, base, release_topics(platform, name, partitions=2))
     (work / "overlay.yaml").write_text(yaml.safe_dump(values))
     objs = render(CHART, "-f", str(CHART / "ci" / "production-values.yaml"), "-f", str(work / "overlay.yaml"))
-    ca_pem = make_ca_and_server_cert(work)[0].read_text()
-    secrets = installed_secrets(platform, ca_pem)
-    cluster = Cluster.of(
-        objs, secrets, work / "volumes", config_maps={"kube-root-ca.crt": {"ca.crt": ca_pem}}
-    )
+    cluster = installed_cluster(objs, platform, work)
 
     release = LocalRelease(objs, cluster, work)
     with (
@@ -204,7 +198,7 @@ def run(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> It
             assert first is not None
             answers = post_feedback(
                 release.services["rel-cutalign-feedback"].url,
-                secrets["cutalign-feedback"]["token"],
+                cluster.secrets["cutalign-feedback"]["token"],
                 first.version.checkpoint_sha256,
                 3,
             )

@@ -40,18 +40,16 @@ from cutalign.store import ArtifactStore
 from helm_support import CHART, HELM, find, render
 from policy_support import tiny_adapter, tiny_policy
 from release_support import (
-    Cluster,
     LocalRelease,
     base_env,
     container_env,
-    installed_secrets,
+    installed_cluster,
     local_command,
     local_rewrites,
     mounted_paths,
     release_topics,
 )
 from serving_standins import VLLMStandIn
-from tls_support import make_ca_and_server_cert
 
 pytestmark = [
     pytest.mark.slow,
@@ -114,11 +112,7 @@ def pod(platform: LocalPlatform, tmp_path_factory: pytest.TempPathFactory) -> It
     }
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     objs = render(CHART, "-f", str(CHART / "ci" / "production-values.yaml"), "-f", str(work / "overlay.yaml"))
-    ca_pem = make_ca_and_server_cert(work)[0].read_text()
-    secrets = installed_secrets(platform, ca_pem)
-    cluster = Cluster.of(
-        objs, secrets, work / "volumes", config_maps={"kube-root-ca.crt": {"ca.crt": ca_pem}}
-    )
+    cluster = installed_cluster(objs, platform, work)
     spec = find(objs, "Deployment", "-policy")["spec"]["template"]["spec"]  # the vLLM pod
     parts = containers(spec)
     pod_dir = work / "pod"

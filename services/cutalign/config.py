@@ -407,7 +407,7 @@ class FeedbackSettings(BaseSettings):
 
 
 class IterationSettings(BaseSettings):
-    """One online iteration as the pipeline runs it: wait, seal, evaluate, gate, promote (method.md §6)."""
+    """One online iteration (docs/method.md §6) in the pipeline: wait, seal, evaluate, gate, promote."""
 
     model_config = _section("ITERATION")
 

@@ -89,7 +89,7 @@ Usage: {{ $c := index (include "cutalign.components" . | fromJson) "generator" }
   "target-builder" (dict "config" "target-builder" "sections" (list "kafka" "s3" "builder") "kafka" true "s3" true "builderAdmin" true)
   "feedback" (dict "config" "feedback" "sections" (list "kafka" "s3" "feedback") "kafka" true "s3" true)
   "policy" (dict "config" "policy" "sections" (ternary (list "s3" "modelSync") (list "s3" "policy" "policyServer") (has .Values.policy.mode (list "vllm" "tgi"))) "s3" true "policyServer" true)
-  "model-sync" (dict "config" "policy" "sections" (list "s3" "modelSync") "s3" true)
+  "model-sync" (dict "config" "policy" "s3" true)
   "pipeline" (dict "config" "pipeline" "sections" (list "kafka" "s3" "judge" "builder" "iteration" "launcher" "trainer") "kafka" true "s3" true "llmJudge" true)
   "trainer" (dict "config" "pipeline" "sections" (list) "s3" true)
 ) -}}
