@@ -100,7 +100,8 @@ def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
     local.up()
     try:
         with pytest.raises(Exception, match="Tansu did not become ready|exited at start"):
-            clashing.up(timeout_s=5)
+            clashing.up(timeout_s=60)  # the store must come up first, however loaded the machine (Tansu
+            # exits at once on the taken port, so the wait ends there)
         assert not any(c["running"] for c in clashing.status().values())
     finally:
         local.down()
